@@ -1,1 +1,38 @@
+//! sluice runs untrusted `foreachBatch` sink code as WebAssembly components.
+//!
+//! Every batch gets a fresh component instance whose only filesystem is a
+//! `/staging` directory private to that batch attempt, a deterministic
+//! environment (clock, random) derived from the batch identity, and hard
+//! limits. The sink returns staged table operations; computing them never
+//! touches a table.
+//!
+//! A batch's run, stage by stage:
+//!
+//! | stage                                   | module        |
+//! |-----------------------------------------|---------------|
+//! | limits and their config keys            | [`limits`]    |
+//! | the batch's records, in bounded chunks  | `records`     |
+//! | a private `/staging` per batch attempt  | `scratch`     |
+//! | clock and random derived from the batch | `determinism` |
+//! | engine, component cache, fresh instance | `runtime`     |
+//! | staged table operations and their digest| `output`      |
+//! | the batch log (guest log, stdout/stderr)| `batch_log`   |
+//! | running one batch from a JSONL file     | `exec`        |
 
+mod batch_log;
+mod determinism;
+mod error;
+pub mod exec;
+pub mod limits;
+mod output;
+mod records;
+mod runtime;
+mod scratch;
+
+pub use batch_log::{Level, LogLine, LogSource};
+pub use error::{BatchError, BatchFailure, ErrorClass, LoadError, Result};
+pub use limits::{Limit, LimitExceeded, Limits};
+pub use output::{BatchOutput, FileFormat, StagedOp, StagedRows, TableSummary, WriteMode};
+pub use records::{BatchSpec, ChunkBuilder, Fill, OwnedRecord, RecordSource, SourceError, SourceRange, VecSource};
+pub use runtime::{Runtime, RuntimeBuilder, Sink};
+pub use scratch::ScratchRoot;

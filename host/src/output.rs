@@ -1,0 +1,370 @@
+//! The batch output: the table operations a sink staged, and their digest.
+//!
+//! Staging validates and snapshots rows at the moment the sink calls
+//! `stage` (a staged file is read then; later changes to it have no effect),
+//! so the output is a plain value: the commit stage applies it, and nothing
+//! here touches a table. JSON rows are re-encoded canonically (sorted keys,
+//! no whitespace), so sinks written in different languages that stage the
+//! same rows produce the same bytes and the same digest.
+
+use crate::batch_log::LogLine;
+use crate::limits::{Budget, Limit, LimitExceeded, Limits};
+use crate::records::BatchSpec;
+use crate::runtime::bindings::sluice::sink::output as wit;
+use cap_std::fs::Dir;
+use serde::Serialize;
+use serde_json::Value;
+use sha2::{Digest as _, Sha256};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+/// How staged rows are applied to their table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WriteMode {
+    /// Append the rows.
+    Append,
+    /// MERGE on these key columns.
+    Upsert {
+        /// Key columns.
+        keys: Vec<String>,
+    },
+}
+
+/// Format of staged rows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FileFormat {
+    /// Newline-delimited JSON objects.
+    JsonLines,
+    /// An Arrow IPC stream.
+    ArrowIpc,
+}
+
+/// Staged rows, as the host holds them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StagedRows {
+    /// Canonical JSON objects, one per line, each line ending in `\n`.
+    JsonLines(Vec<u8>),
+    /// An Arrow IPC stream, as the sink wrote it.
+    ArrowIpc(Vec<u8>),
+}
+
+impl StagedRows {
+    /// The format of these rows.
+    pub fn format(&self) -> FileFormat {
+        match self {
+            StagedRows::JsonLines(_) => FileFormat::JsonLines,
+            StagedRows::ArrowIpc(_) => FileFormat::ArrowIpc,
+        }
+    }
+
+    /// The encoded rows.
+    pub fn bytes(&self) -> &[u8] {
+        match self {
+            StagedRows::JsonLines(b) | StagedRows::ArrowIpc(b) => b,
+        }
+    }
+}
+
+/// One `stage` call of the sink.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedOp {
+    /// Target table.
+    pub table: String,
+    /// Append or upsert.
+    pub mode: WriteMode,
+    /// The rows.
+    pub rows: StagedRows,
+    /// Number of rows.
+    pub row_count: u64,
+}
+
+/// Per-table totals of a batch output.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableSummary {
+    /// Table.
+    pub table: String,
+    /// Number of `stage` calls.
+    pub operations: usize,
+    /// Rows appended.
+    pub appended_rows: u64,
+    /// Rows upserted.
+    pub upserted_rows: u64,
+    /// Encoded bytes of the staged rows.
+    pub bytes: u64,
+}
+
+/// What running one batch produced. Applying it is the commit stage's job.
+#[derive(Debug, Clone)]
+pub struct BatchOutput {
+    /// The batch.
+    pub batch: BatchSpec,
+    /// The staged operations, in the order the sink staged them.
+    pub ops: Vec<StagedOp>,
+    /// SHA-256 over the operations (hex). Identical for identical outputs.
+    pub digest: String,
+    /// The batch log.
+    pub log: Vec<LogLine>,
+    /// Records delivered to the sink.
+    pub records_in: u64,
+    /// Key, value and header bytes delivered to the sink.
+    pub record_bytes_in: u64,
+    /// Fuel the sink consumed.
+    pub fuel_used: u64,
+}
+
+impl BatchOutput {
+    /// Totals per table, in table-name order.
+    pub fn tables(&self) -> Vec<TableSummary> {
+        let mut out: Vec<TableSummary> = Vec::new();
+        let names: BTreeSet<&str> = self.ops.iter().map(|op| op.table.as_str()).collect();
+        for name in names {
+            let mut s = TableSummary { table: name.to_owned(), operations: 0, appended_rows: 0, upserted_rows: 0, bytes: 0 };
+            for op in self.ops.iter().filter(|op| op.table == name) {
+                s.operations += 1;
+                s.bytes += op.rows.bytes().len() as u64;
+                match op.mode {
+                    WriteMode::Append => s.appended_rows += op.row_count,
+                    WriteMode::Upsert { .. } => s.upserted_rows += op.row_count,
+                }
+            }
+            out.push(s);
+        }
+        out
+    }
+}
+
+/// SHA-256 over the operations, each field length-prefixed so no two
+/// different outputs encode the same.
+pub(crate) fn digest(ops: &[StagedOp]) -> String {
+    fn field(h: &mut Sha256, bytes: &[u8]) {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    }
+    let mut h = Sha256::new();
+    h.update(b"sluice-output-v1\0");
+    for op in ops {
+        field(&mut h, op.table.as_bytes());
+        match &op.mode {
+            WriteMode::Append => h.update([0]),
+            WriteMode::Upsert { keys } => {
+                h.update([1]);
+                h.update((keys.len() as u64).to_be_bytes());
+                keys.iter().for_each(|k| field(&mut h, k.as_bytes()));
+            }
+        }
+        h.update([op.rows.format() as u8]);
+        field(&mut h, op.rows.bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Collects the `stage` calls of one batch, enforcing the output limits.
+pub(crate) struct OutputCollector {
+    declared: Option<Arc<BTreeSet<String>>>,
+    ops: Vec<StagedOp>,
+    rows: Budget,
+    bytes: Budget,
+}
+
+type StageResult = Result<Result<(), wit::StageError>, LimitExceeded>;
+
+impl OutputCollector {
+    /// `declared`: the tables the pipeline declares; `None` accepts any name.
+    pub(crate) fn new(declared: Option<Arc<BTreeSet<String>>>, limits: &Limits) -> Self {
+        Self {
+            declared,
+            ops: Vec::new(),
+            rows: Budget::new(Limit::OutputRows, limits),
+            bytes: Budget::new(Limit::OutputBytes, limits),
+        }
+    }
+
+    pub(crate) fn into_ops(self) -> Vec<StagedOp> {
+        self.ops
+    }
+
+    /// One `stage` call. The outer error ends the batch (a limit); the inner
+    /// one is returned to the sink.
+    pub(crate) fn stage(&mut self, table: String, mode: wit::WriteMode, rows: wit::Rows, staging: &Dir) -> StageResult {
+        if let Some(declared) = &self.declared
+            && !declared.contains(&table)
+        {
+            let known = declared.iter().cloned().collect::<Vec<_>>().join(", ");
+            return Ok(Err(wit::StageError::UnknownTable(format!(
+                "table `{table}` is not declared by the pipeline (declared: {known})"
+            ))));
+        }
+        let mode = match mode {
+            wit::WriteMode::Append => WriteMode::Append,
+            wit::WriteMode::Upsert(keys) if keys.is_empty() => {
+                return Ok(Err(wit::StageError::InvalidRows("upsert needs at least one key column".into())));
+            }
+            wit::WriteMode::Upsert(keys) => WriteMode::Upsert { keys },
+        };
+        let keys: &[String] = match &mode {
+            WriteMode::Append => &[],
+            WriteMode::Upsert { keys } => keys,
+        };
+        let parsed = match rows {
+            wit::Rows::Json(rows) => canonical_json_rows(rows.iter().map(|r| r.as_bytes()), keys),
+            wit::Rows::File((path, format)) => match read_staged_file(staging, &path) {
+                Err(e) => return Ok(Err(e)),
+                Ok(bytes) => match format {
+                    wit::FileFormat::JsonLines => canonical_json_rows(json_lines(&bytes), keys)
+                        .map_err(|e| wit::StageError::InvalidRows(format!("{path}: {}", stage_error_text(e)))),
+                    wit::FileFormat::ArrowIpc => arrow_rows(bytes, keys, &path),
+                },
+            },
+        };
+        let (rows, row_count) = match parsed {
+            Ok(parsed) => parsed,
+            Err(e) => return Ok(Err(e)),
+        };
+        self.rows.charge(row_count)?;
+        self.bytes.charge(rows.bytes().len() as u64)?;
+        self.ops.push(StagedOp { table, mode, rows, row_count });
+        Ok(Ok(()))
+    }
+}
+
+fn stage_error_text(e: wit::StageError) -> String {
+    match e {
+        wit::StageError::UnknownTable(m) | wit::StageError::InvalidRows(m) | wit::StageError::File(m) => m,
+    }
+}
+
+fn json_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
+    bytes.split(|&b| b == b'\n').filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+}
+
+fn canonical_json_rows<'a>(
+    rows: impl Iterator<Item = &'a [u8]>,
+    keys: &[String],
+) -> Result<(StagedRows, u64), wit::StageError> {
+    let mut out = Vec::new();
+    let mut count = 0u64;
+    for (i, row) in rows.enumerate() {
+        let invalid = |what: String| wit::StageError::InvalidRows(format!("row {i}: {what}"));
+        let value: Value = serde_json::from_slice(row).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
+        let Value::Object(map) = &value else {
+            return Err(invalid("not a JSON object".into()));
+        };
+        if let Some(key) = keys.iter().find(|k| map.get(*k).is_none_or(Value::is_null)) {
+            return Err(invalid(format!("key column `{key}` is missing or null")));
+        }
+        write_canonical(&value, &mut out);
+        out.push(b'\n');
+        count += 1;
+    }
+    Ok((StagedRows::JsonLines(out), count))
+}
+
+/// JSON with object keys sorted and no whitespace. Written out by hand so
+/// it does not depend on serde_json's `preserve_order` feature, which any
+/// dependency could switch on.
+fn write_canonical(v: &Value, out: &mut Vec<u8>) {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(b.0));
+            out.push(b'{');
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                serde_json::to_writer(&mut *out, k).expect("writing to a Vec");
+                out.push(b':');
+                write_canonical(v, out);
+            }
+            out.push(b'}');
+        }
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec"),
+    }
+}
+
+fn read_staged_file(staging: &Dir, path: &str) -> Result<Vec<u8>, wit::StageError> {
+    let relative = path.strip_prefix("/staging/").unwrap_or(path);
+    if relative.starts_with('/') {
+        return Err(wit::StageError::File(format!("{path}: staged files must be under /staging")));
+    }
+    // cap-std refuses `..` and symlinks that lead out of the directory.
+    staging.read(relative).map_err(|e| wit::StageError::File(format!("cannot read /staging/{relative}: {e}")))
+}
+
+fn arrow_rows(bytes: Vec<u8>, keys: &[String], path: &str) -> Result<(StagedRows, u64), wit::StageError> {
+    let invalid = |what: String| wit::StageError::InvalidRows(format!("{path}: {what}"));
+    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(&bytes), None)
+        .map_err(|e| invalid(format!("not an Arrow IPC stream: {e}")))?;
+    let schema = reader.schema();
+    if let Some(key) = keys.iter().find(|k| schema.field_with_name(k).is_err()) {
+        return Err(invalid(format!("key column `{key}` is not in the Arrow schema")));
+    }
+    let mut count = 0u64;
+    for batch in reader {
+        let batch = batch.map_err(|e| invalid(format!("corrupt Arrow IPC stream: {e}")))?;
+        for key in keys {
+            let column = batch.column_by_name(key).expect("checked against the schema");
+            if arrow_array::Array::null_count(column.as_ref()) > 0 {
+                return Err(invalid(format!("key column `{key}` has nulls")));
+            }
+        }
+        count += batch.num_rows() as u64;
+    }
+    Ok((StagedRows::ArrowIpc(bytes), count))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(json: &[&str], keys: &[&str]) -> Result<(StagedRows, u64), wit::StageError> {
+        let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+        canonical_json_rows(json.iter().map(|r| r.as_bytes()), &keys)
+    }
+
+    #[test]
+    fn json_rows_are_canonical() {
+        let (a, n) = rows(&[r#"{ "b": 1, "a": {"z": [1, {"y": 2, "x": 3}], "c": null} }"#], &[]).unwrap();
+        assert_eq!(n, 1);
+        assert_eq!(a.bytes(), b"{\"a\":{\"c\":null,\"z\":[1,{\"x\":3,\"y\":2}]},\"b\":1}\n");
+        let (b, _) = rows(&[r#"{"a":{"z":[1,{"x":3,"y":2}],"c":null},"b":1}"#], &[]).unwrap();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn bad_rows_name_the_row_and_the_problem() {
+        let msg = |r: Result<_, wit::StageError>| stage_error_text(r.unwrap_err());
+        assert_eq!(msg(rows(&["{}", "[1]"], &[])), "row 1: not a JSON object");
+        assert!(msg(rows(&["{\"a\":"], &[])).starts_with("row 0: not valid JSON"));
+        assert_eq!(
+            msg(rows(&[r#"{"id":1}"#, r#"{"id":null}"#], &["id"])),
+            "row 1: key column `id` is missing or null"
+        );
+    }
+
+    #[test]
+    fn digest_separates_fields() {
+        let op = |table: &str, mode: WriteMode, rows: &[u8]| StagedOp {
+            table: table.into(),
+            mode,
+            rows: StagedRows::JsonLines(rows.to_vec()),
+            row_count: 1,
+        };
+        let a = digest(&[op("ab", WriteMode::Append, b"c")]);
+        assert_eq!(a, digest(&[op("ab", WriteMode::Append, b"c")]));
+        assert_ne!(a, digest(&[op("a", WriteMode::Append, b"bc")]));
+        assert_ne!(a, digest(&[op("ab", WriteMode::Upsert { keys: vec!["k".into()] }, b"c")]));
+    }
+}

@@ -1,0 +1,314 @@
+//! A batch's identity and its records, delivered to the sink in bounded chunks.
+//!
+//! A [`RecordSource`] fills a [`ChunkBuilder`] up to the chunk bounds
+//! (`limits.chunk_records`, `limits.chunk_bytes`); the sink pulls one chunk at
+//! a time, so neither host nor guest has to hold a whole batch. The builder
+//! checks every record against the batch's planned ranges: a source that
+//! strays outside them fails the batch instead of feeding the sink records
+//! that belong to another batch.
+
+use crate::runtime::bindings::sluice::sink::types::{HeaderMeta, RecordChunk, RecordMeta, Span};
+use serde::{Deserialize, Serialize};
+
+/// A half-open range `[start, end)` of offsets of one topic partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SourceRange {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// First offset (inclusive).
+    pub start: i64,
+    /// End offset (exclusive).
+    pub end: i64,
+}
+
+/// The identity of a batch: fixed when it is planned, identical on every
+/// retry and replay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchSpec {
+    /// The pipeline.
+    pub pipeline_id: String,
+    /// The batch id.
+    pub batch_id: u64,
+    /// Planned timestamp, ms since the Unix epoch: the guest's wall clock.
+    pub planned_timestamp_ms: i64,
+    /// The source ranges of the batch.
+    pub ranges: Vec<SourceRange>,
+}
+
+/// A record owned by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct OwnedRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// Timestamp, ms since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Key; `None` is a null key.
+    pub key: Option<Vec<u8>>,
+    /// Value; `None` is a tombstone.
+    pub value: Option<Vec<u8>>,
+    /// Headers in order.
+    pub headers: Vec<(String, Option<Vec<u8>>)>,
+}
+
+/// Records could not be delivered.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SourceError {
+    /// A record outside every planned range of the batch.
+    #[error("record {topic}/{partition}@{offset} is outside the batch's planned ranges")]
+    OutOfRange {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Offset.
+        offset: i64,
+    },
+    /// The source failed (Kafka, a file).
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Whether a source has more records after filling a chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fill {
+    /// The chunk is full; more records follow.
+    More,
+    /// Every record was delivered.
+    Done,
+}
+
+/// Where a batch's records come from: memory, a file, Kafka.
+pub trait RecordSource: Send {
+    /// Push records into `chunk` until [`ChunkBuilder::is_full`] or the end.
+    fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError>;
+}
+
+/// Packs records into one chunk: metadata, headers and one byte buffer.
+#[derive(Debug)]
+pub struct ChunkBuilder {
+    ranges: Vec<SourceRange>,
+    max_records: usize,
+    max_bytes: usize,
+    records: Vec<RecordMeta>,
+    headers: Vec<HeaderMeta>,
+    data: Vec<u8>,
+    /// Index into `ranges` of the previous record: consecutive records
+    /// usually share a partition.
+    last_source: usize,
+    delivered_records: u64,
+    delivered_bytes: u64,
+}
+
+impl ChunkBuilder {
+    pub(crate) fn new(ranges: Vec<SourceRange>, max_records: u32, max_bytes: u32) -> Self {
+        Self {
+            ranges,
+            max_records: max_records.max(1) as usize,
+            max_bytes: max_bytes as usize,
+            records: Vec::new(),
+            headers: Vec::new(),
+            data: Vec::new(),
+            last_source: 0,
+            delivered_records: 0,
+            delivered_bytes: 0,
+        }
+    }
+
+    /// True once the chunk has reached one of its bounds.
+    pub fn is_full(&self) -> bool {
+        self.records.len() >= self.max_records || self.data.len() >= self.max_bytes
+    }
+
+    /// Append one record. Fails if it lies outside the planned ranges.
+    #[allow(clippy::too_many_arguments, reason = "mirrors the fields of a Kafka record")]
+    pub fn push<'h>(
+        &mut self,
+        topic: &str,
+        partition: i32,
+        offset: i64,
+        timestamp_ms: i64,
+        key: Option<&[u8]>,
+        value: Option<&[u8]>,
+        headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
+    ) -> Result<(), SourceError> {
+        let source = self.source_index(topic, partition, offset)?;
+        let key = key.map(|k| self.put(k));
+        let value = value.map(|v| self.put(v));
+        let first_header = self.headers.len();
+        for (k, v) in headers {
+            let key = self.put(k.as_bytes());
+            let value = v.map(|v| self.put(v));
+            self.headers.push(HeaderMeta { key, value });
+        }
+        let headers = Span { start: first_header as u32, len: (self.headers.len() - first_header) as u32 };
+        self.records.push(RecordMeta { source: source as u32, offset, timestamp_ms, key, value, headers });
+        Ok(())
+    }
+
+    /// Append an [`OwnedRecord`].
+    pub fn push_owned(&mut self, r: &OwnedRecord) -> Result<(), SourceError> {
+        self.push(
+            &r.topic,
+            r.partition,
+            r.offset,
+            r.timestamp_ms,
+            r.key.as_deref(),
+            r.value.as_deref(),
+            r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
+        )
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Span {
+        let start = self.data.len() as u32;
+        self.data.extend_from_slice(bytes);
+        Span { start, len: bytes.len() as u32 }
+    }
+
+    fn source_index(&mut self, topic: &str, partition: i32, offset: i64) -> Result<usize, SourceError> {
+        let hit = |r: &SourceRange| r.topic == topic && r.partition == partition && (r.start..r.end).contains(&offset);
+        if self.ranges.get(self.last_source).is_some_and(hit) {
+            return Ok(self.last_source);
+        }
+        match self.ranges.iter().position(hit) {
+            Some(i) => {
+                self.last_source = i;
+                Ok(i)
+            }
+            None => Err(SourceError::OutOfRange { topic: topic.to_owned(), partition, offset }),
+        }
+    }
+
+    /// Take the packed chunk, leaving the builder empty. `None` if empty.
+    pub(crate) fn take(&mut self) -> Option<RecordChunk> {
+        if self.records.is_empty() {
+            return None;
+        }
+        self.delivered_records += self.records.len() as u64;
+        self.delivered_bytes += self.data.len() as u64;
+        Some(RecordChunk {
+            records: std::mem::take(&mut self.records),
+            headers: std::mem::take(&mut self.headers),
+            data: std::mem::take(&mut self.data),
+        })
+    }
+
+    /// Records and payload bytes handed to the sink so far.
+    pub(crate) fn delivered(&self) -> (u64, u64) {
+        (self.delivered_records, self.delivered_bytes)
+    }
+}
+
+/// Records held in memory (tests, `sluice exec`, bundles).
+#[derive(Debug, Clone)]
+pub struct VecSource {
+    records: std::sync::Arc<[OwnedRecord]>,
+    next: usize,
+}
+
+impl VecSource {
+    /// Deliver `records` in order.
+    pub fn new(records: impl Into<std::sync::Arc<[OwnedRecord]>>) -> Self {
+        Self { records: records.into(), next: 0 }
+    }
+}
+
+impl RecordSource for VecSource {
+    fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError> {
+        while !chunk.is_full() {
+            let Some(r) = self.records.get(self.next) else { return Ok(Fill::Done) };
+            chunk.push_owned(r)?;
+            self.next += 1;
+        }
+        Ok(if self.next == self.records.len() { Fill::Done } else { Fill::More })
+    }
+}
+
+impl BatchSpec {
+    /// The tightest ranges covering `records`, one per topic partition, in
+    /// first-seen order. Used when records come without a plan (`sluice exec`).
+    pub fn ranges_covering(records: &[OwnedRecord]) -> Vec<SourceRange> {
+        let mut ranges: Vec<SourceRange> = Vec::new();
+        for r in records {
+            match ranges.iter_mut().find(|s| s.topic == r.topic && s.partition == r.partition) {
+                Some(s) => {
+                    s.start = s.start.min(r.offset);
+                    s.end = s.end.max(r.offset + 1);
+                }
+                None => ranges.push(SourceRange {
+                    topic: r.topic.clone(),
+                    partition: r.partition,
+                    start: r.offset,
+                    end: r.offset + 1,
+                }),
+            }
+        }
+        ranges
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(partition: i32, offset: i64, value: &str) -> OwnedRecord {
+        OwnedRecord {
+            topic: "t".into(),
+            partition,
+            offset,
+            value: Some(value.as_bytes().to_vec()),
+            headers: vec![("h".into(), None)],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn chunks_respect_record_bound_and_keep_every_record() {
+        let records: Vec<_> = (0..10).map(|o| rec(0, o, "v")).collect();
+        let mut b = ChunkBuilder::new(BatchSpec::ranges_covering(&records), 4, 1 << 20);
+        let mut src = VecSource::new(records);
+        let mut sizes = Vec::new();
+        loop {
+            let fill = src.fill(&mut b).unwrap();
+            if let Some(c) = b.take() {
+                assert_eq!(c.headers.len(), c.records.len());
+                sizes.push(c.records.len());
+            }
+            if fill == Fill::Done {
+                break;
+            }
+        }
+        assert_eq!(sizes, [4, 4, 2]);
+        assert_eq!(b.delivered().0, 10);
+    }
+
+    #[test]
+    fn byte_bound_splits_chunks_but_a_big_record_still_fits_alone() {
+        let records = vec![rec(0, 0, &"x".repeat(100)), rec(0, 1, "y"), rec(0, 2, "z")];
+        let mut b = ChunkBuilder::new(BatchSpec::ranges_covering(&records), 100, 50);
+        let mut src = VecSource::new(records);
+        assert_eq!(src.fill(&mut b).unwrap(), Fill::More);
+        let c = b.take().unwrap();
+        assert_eq!(c.records.len(), 1);
+        let v = c.records[0].value.unwrap();
+        assert_eq!(&c.data[v.start as usize..(v.start + v.len) as usize], "x".repeat(100).as_bytes());
+    }
+
+    #[test]
+    fn record_outside_the_plan_is_refused() {
+        let mut b = ChunkBuilder::new(
+            vec![SourceRange { topic: "t".into(), partition: 0, start: 5, end: 10 }],
+            10,
+            1 << 20,
+        );
+        let err = b.push_owned(&rec(0, 10, "late")).unwrap_err();
+        assert_eq!(err.to_string(), "record t/0@10 is outside the batch's planned ranges");
+        assert!(b.push_owned(&rec(1, 5, "other partition")).is_err());
+        assert!(b.push_owned(&rec(0, 9, "ok")).is_ok());
+    }
+}

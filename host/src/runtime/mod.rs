@@ -1,0 +1,313 @@
+//! The sandbox: one engine per job, a fresh component instance per batch.
+//!
+//! Guarantee: a batch attempt runs in an instance nobody else used, with an
+//! empty `/staging` nobody else sees, a clock and random stream derived from
+//! the batch identity, and every limit armed. Whatever the sink does — trap,
+//! loop, allocate, flood — the attempt ends with a typed [`BatchError`] and
+//! the host, the engine and the next batch are unaffected. Success yields a
+//! [`BatchOutput`]; no table is touched here.
+//!
+//! ```text
+//!  load ─► validate header ─► compile (or cache hit) ─► link & typecheck (InstancePre)
+//!  run  ─► fresh /staging ─► WASI ctx (virtual clock, seeded random, no env/net)
+//!       ─► instantiate from pool ─► for-each-batch ─┬─ ok ──► output, remove /staging
+//!                                                   └─ err ─► typed error, keep /staging
+//! ```
+
+pub(crate) mod bindings;
+mod engine;
+pub(crate) mod state;
+mod staging_quota;
+mod stdio;
+
+use crate::batch_log::{BatchLog, LogSource};
+use crate::determinism::{SeededRng, VirtualClock, batch_seed, insecure_seed};
+use crate::error::{BatchError, BatchFailure, LoadError};
+use crate::limits::{Budget, Limit, LimitExceeded, Limits};
+use crate::output::{BatchOutput, OutputCollector, digest};
+use crate::records::{BatchSpec, ChunkBuilder, RecordSource, SourceError};
+use crate::scratch::ScratchRoot;
+use bindings::sluice::sink::types;
+use engine::{EPOCH_TICK, SinkEngine};
+use state::{BatchState, MemoryLimiter, RecordCursor, RecordStream};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use wasmtime::component::{HasSelf, Linker};
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+
+/// Configures a [`Runtime`].
+#[derive(Debug)]
+pub struct RuntimeBuilder {
+    scratch_root: PathBuf,
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+    tables: Option<BTreeSet<String>>,
+    keep_failed: usize,
+    max_concurrent_batches: u32,
+}
+
+impl RuntimeBuilder {
+    /// Scratch directories go under `scratch_root`.
+    pub fn new(scratch_root: impl Into<PathBuf>) -> Self {
+        Self {
+            scratch_root: scratch_root.into(),
+            limits: Limits::default(),
+            cache_dir: None,
+            tables: None,
+            keep_failed: 10,
+            max_concurrent_batches: 64,
+        }
+    }
+
+    /// The limits of every batch.
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Cache compiled components in `dir` (keyed by content digest).
+    pub fn with_cache_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.cache_dir = Some(dir.into());
+        self
+    }
+
+    /// Only these tables may be staged to. Without it, any name is accepted.
+    pub fn with_tables(mut self, tables: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.tables = Some(tables.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// How many `/staging` directories of failed attempts to keep.
+    pub fn with_keep_failed(mut self, n: usize) -> Self {
+        self.keep_failed = n;
+        self
+    }
+
+    /// How many batches may run at once (sizes the instance pool).
+    pub fn with_max_concurrent_batches(mut self, n: u32) -> Self {
+        self.max_concurrent_batches = n.max(1);
+        self
+    }
+
+    /// Create the engine and the scratch root.
+    pub fn build(self) -> Result<Runtime, LoadError> {
+        let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+        let engine = SinkEngine::new(&self.limits, self.max_concurrent_batches, self.cache_dir).map_err(engine_err)?;
+        let mut linker = Linker::new(&engine.engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
+        bindings::Sink::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        staging_quota::add_to_linker(&mut linker).map_err(engine_err)?;
+        let scratch = ScratchRoot::new(&self.scratch_root, self.keep_failed)
+            .map_err(|source| LoadError::Scratch { path: self.scratch_root.clone(), source })?;
+        Ok(Runtime {
+            inner: Arc::new(Inner { engine, linker, limits: self.limits, scratch, tables: self.tables.map(Arc::new) }),
+        })
+    }
+}
+
+/// The sandbox of one job: engine, linker, limits, scratch space.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: SinkEngine,
+    linker: Linker<BatchState>,
+    limits: Limits,
+    scratch: ScratchRoot,
+    tables: Option<Arc<BTreeSet<String>>>,
+}
+
+impl Runtime {
+    /// The limits of every batch.
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
+
+    /// Where scratch directories live.
+    pub fn scratch(&self) -> &ScratchRoot {
+        &self.inner.scratch
+    }
+
+    /// Load a sink component from a file.
+    pub fn load(&self, path: impl AsRef<Path>) -> Result<Sink, LoadError> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| LoadError::Read { path: path.into(), source })?;
+        self.load_bytes(&path.display().to_string(), &bytes)
+    }
+
+    /// Load a sink component from bytes; `what` names it in errors.
+    ///
+    /// Everything that can be checked without running is checked here:
+    /// the format, the compilation, every import, and the export.
+    pub fn load_bytes(&self, what: &str, bytes: &[u8]) -> Result<Sink, LoadError> {
+        let (component, digest) = self.inner.engine.compile(what, bytes)?;
+        let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld { what: what.into(), detail: format!("{e:#}") };
+        let pre = self.inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
+        let pre = bindings::SinkPre::new(pre).map_err(wrong_world)?;
+        Ok(Sink { runtime: self.clone(), pre, digest })
+    }
+}
+
+/// A loaded, validated sink, ready to run batches. Cheap to clone and safe
+/// to run from many threads at once.
+#[derive(Clone)]
+pub struct Sink {
+    runtime: Runtime,
+    pre: bindings::SinkPre<BatchState>,
+    digest: String,
+}
+
+impl Sink {
+    /// SHA-256 of the component bytes (hex).
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+
+    /// Run one batch attempt in a fresh instance with a fresh `/staging`.
+    pub fn run(&self, spec: &BatchSpec, attempt: u32, source: Box<dyn RecordSource>) -> Result<BatchOutput, BatchFailure> {
+        let inner = &self.runtime.inner;
+        let limits = &inner.limits;
+        let log = BatchLog::new(limits);
+        let fail = |error, kept_scratch| BatchFailure {
+            batch_id: spec.batch_id,
+            attempt,
+            error,
+            log: log.lines(),
+            kept_scratch,
+        };
+        let scratch = inner.scratch.create(&spec.pipeline_id, spec.batch_id, attempt).map_err(|source| {
+            fail(BatchError::Scratch { path: inner.scratch.path().to_owned(), source }, None)
+        })?;
+        let scratch_path = scratch.path().to_owned();
+        let scratch_err = |source| BatchError::Scratch { path: scratch_path.clone(), source };
+
+        let outcome = match self.sandbox(spec, source, &log, scratch.path(), scratch.dir()) {
+            Err(source) => Err(scratch_err(source)),
+            Ok(mut store) => {
+                let outcome = self.call(&mut store, spec, &log);
+                let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
+                outcome.map(|()| {
+                    let state = store.into_data();
+                    let (records_in, record_bytes_in) = state.records.builder.delivered();
+                    let ops = state.output.into_ops();
+                    BatchOutput {
+                        batch: spec.clone(),
+                        digest: digest(&ops),
+                        ops,
+                        log: log.lines(),
+                        records_in,
+                        record_bytes_in,
+                        fuel_used,
+                    }
+                })
+            }
+        };
+        match outcome {
+            Ok(output) => match scratch.remove() {
+                Ok(()) => Ok(output),
+                Err(e) => Err(fail(scratch_err(e), None)),
+            },
+            Err(error) => {
+                let kept = scratch.keep().map_err(|source| fail(scratch_err(source), None))?;
+                Err(fail(error, kept))
+            }
+        }
+    }
+
+    /// The store of one attempt: WASI context, limits, record cursor.
+    fn sandbox(
+        &self,
+        spec: &BatchSpec,
+        source: Box<dyn RecordSource>,
+        log: &BatchLog,
+        staging_path: &Path,
+        staging: &cap_std::fs::Dir,
+    ) -> std::io::Result<Store<BatchState>> {
+        let inner = &self.runtime.inner;
+        let limits = &inner.limits;
+        let seed = batch_seed(&spec.pipeline_id, spec.batch_id);
+        let clock = VirtualClock::new(spec.planned_timestamp_ms);
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(stdio::CapturedStdio { log: log.clone(), source: LogSource::Stdout })
+            .stderr(stdio::CapturedStdio { log: log.clone(), source: LogSource::Stderr })
+            .wall_clock(clock.clone())
+            .monotonic_clock(clock)
+            .secure_random(SeededRng::new(seed, 0))
+            .insecure_random(SeededRng::new(seed, 1))
+            .insecure_random_seed(insecure_seed(seed))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            // Filesystem calls are short and local: run them on this thread
+            // instead of hopping to a blocking pool.
+            .allow_blocking_current_thread(true)
+            .initial_cwd("/staging");
+        wasi.preopened_dir(staging_path, "/staging", FsPerms::ReadWrite).map_err(std::io::Error::other)?;
+        let state = BatchState {
+            wasi: wasi.build(),
+            table: Default::default(),
+            memory: MemoryLimiter { max_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX) },
+            records: RecordCursor {
+                source,
+                builder: ChunkBuilder::new(spec.ranges.clone(), limits.chunk_records, limits.chunk_bytes),
+                done: false,
+            },
+            output: OutputCollector::new(inner.tables.clone(), limits),
+            log: log.clone(),
+            staging_quota: Arc::new(Budget::new(Limit::StagingBytes, limits)),
+            staging: staging.try_clone()?,
+        };
+        let mut store = Store::new(&inner.engine.engine, state);
+        store.limiter(|s| &mut s.memory);
+        store.set_fuel(limits.fuel).map_err(std::io::Error::other)?;
+        let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        Ok(store)
+    }
+
+    fn call(&self, store: &mut Store<BatchState>, spec: &BatchSpec, log: &BatchLog) -> Result<(), BatchError> {
+        let info = types::BatchInfo {
+            pipeline_id: spec.pipeline_id.clone(),
+            batch_id: spec.batch_id,
+            planned_timestamp_ms: spec.planned_timestamp_ms,
+            ranges: spec
+                .ranges
+                .iter()
+                .map(|r| types::SourceRange { topic: r.topic.clone(), partition: r.partition, start: r.start, end: r.end })
+                .collect(),
+        };
+        let instance = self.pre.instantiate(&mut *store).map_err(|e| BatchError::Internal(format!("instantiating the sink: {e:#}")))?;
+        let stream = store.data_mut().table.push(RecordStream).map_err(|e| BatchError::Internal(e.to_string()))?;
+        match instance.sluice_sink_handler().call_for_each_batch(&mut *store, &info, stream) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(types::SinkError::InvalidInput(m))) => Err(BatchError::InvalidInput(m)),
+            Ok(Err(types::SinkError::Failed(m))) => Err(BatchError::SinkFailed(m)),
+            Err(e) => Err(classify(e, &self.runtime.inner.limits, log)),
+        }
+    }
+}
+
+/// Turn a failed call into the typed reason.
+fn classify(e: wasmtime::Error, limits: &Limits, log: &BatchLog) -> BatchError {
+    if let Some(limit) = e.downcast_ref::<LimitExceeded>() {
+        return BatchError::Limit(limit.clone());
+    }
+    if let Some(source) = e.downcast_ref::<SourceError>() {
+        return BatchError::Source(source.clone());
+    }
+    if let Some(exit) = e.downcast_ref::<I32Exit>() {
+        return BatchError::Trap { trap: format!("sink called exit({})", exit.0), stderr: log.stderr_tail(5) };
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::OutOfFuel) => LimitExceeded::new(Limit::Fuel, limits).into(),
+        Some(Trap::Interrupt) => LimitExceeded::new(Limit::DeadlineMs, limits).into(),
+        Some(Trap::StackOverflow) => LimitExceeded::new(Limit::StackBytes, limits).into(),
+        Some(trap) => BatchError::Trap { trap: trap.to_string(), stderr: log.stderr_tail(5) },
+        None => BatchError::Internal(format!("{e:#}")),
+    }
+}

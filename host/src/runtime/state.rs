@@ -1,0 +1,108 @@
+//! The store data of one batch attempt, and the host side of the sluice
+//! interfaces: record delivery, output staging, logging, memory limits.
+
+use super::bindings::sluice::sink::{log, output, records, types};
+use crate::batch_log::{BatchLog, Level, LogLine, LogSource};
+use crate::limits::{Budget, Limit, LimitExceeded};
+use crate::output::OutputCollector;
+use crate::records::{ChunkBuilder, Fill, RecordSource};
+use cap_std::fs::Dir;
+use std::sync::Arc;
+use wasmtime::component::{Resource, ResourceTable};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// Marker for the one `record-stream` handed to the sink.
+pub struct RecordStream;
+
+pub(crate) struct BatchState {
+    pub(crate) wasi: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) memory: MemoryLimiter,
+    pub(crate) records: RecordCursor,
+    pub(crate) output: OutputCollector,
+    pub(crate) log: BatchLog,
+    pub(crate) staging_quota: Arc<Budget>,
+    /// Host-side handle on `/staging`, for reading staged files.
+    pub(crate) staging: Dir,
+}
+
+impl WasiView for BatchState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+/// Pulls chunks from the record source on the sink's demand.
+pub(crate) struct RecordCursor {
+    pub(crate) source: Box<dyn RecordSource>,
+    pub(crate) builder: ChunkBuilder,
+    pub(crate) done: bool,
+}
+
+impl records::HostRecordStream for BatchState {
+    fn next_chunk(&mut self, _: Resource<RecordStream>) -> wasmtime::Result<Option<types::RecordChunk>> {
+        let cursor = &mut self.records;
+        if cursor.done {
+            return Ok(None);
+        }
+        // A source error is the outside world's fault: trap with it so the
+        // batch fails as `external`, never with a partial view of the batch.
+        let fill = cursor.source.fill(&mut cursor.builder).map_err(wasmtime::Error::new)?;
+        cursor.done = fill == Fill::Done;
+        Ok(cursor.builder.take())
+    }
+
+    fn drop(&mut self, stream: Resource<RecordStream>) -> wasmtime::Result<()> {
+        self.table.delete(stream)?;
+        Ok(())
+    }
+}
+
+impl records::Host for BatchState {}
+impl types::Host for BatchState {}
+
+impl output::Host for BatchState {
+    fn stage(
+        &mut self,
+        table: String,
+        mode: output::WriteMode,
+        rows: output::Rows,
+    ) -> wasmtime::Result<Result<(), output::StageError>> {
+        self.output.stage(table, mode, rows, &self.staging).map_err(wasmtime::Error::new)
+    }
+}
+
+impl log::Host for BatchState {
+    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
+        let level = match level {
+            log::Level::Trace => Level::Trace,
+            log::Level::Debug => Level::Debug,
+            log::Level::Info => Level::Info,
+            log::Level::Warn => Level::Warn,
+            log::Level::Error => Level::Error,
+        };
+        self.log.push(LogLine { level, source: LogSource::Sink, message, fields }).map_err(wasmtime::Error::new)
+    }
+}
+
+/// Caps linear memory at `limits.memory_bytes` with a typed error (the
+/// pooling allocator's slot size is the hard backstop).
+pub(crate) struct MemoryLimiter {
+    pub(crate) max_bytes: usize,
+}
+
+/// Tables hold function references; this many is far beyond any real sink.
+const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        if desired > self.max_bytes {
+            return Err(wasmtime::Error::new(LimitExceeded { limit: Limit::MemoryBytes, value: self.max_bytes as u64 }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
