@@ -112,6 +112,21 @@ pub struct BatchOutput {
     pub record_bytes_in: u64,
     /// Fuel the sink consumed.
     pub fuel_used: u64,
+    /// Where the host's time went (not part of the output proper).
+    pub timings: Timings,
+}
+
+/// Host-side durations of one batch attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Timings {
+    /// Scratch directory, WASI context and store.
+    pub setup: std::time::Duration,
+    /// Instantiating the component from the pool.
+    pub instantiate: std::time::Duration,
+    /// The sink's `for-each-batch`, including record delivery and staging.
+    pub call: std::time::Duration,
+    /// Removing the scratch directory.
+    pub teardown: std::time::Duration,
 }
 
 impl BatchOutput {

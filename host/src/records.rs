@@ -106,7 +106,9 @@ pub struct ChunkBuilder {
 }
 
 impl ChunkBuilder {
-    pub(crate) fn new(ranges: Vec<SourceRange>, max_records: u32, max_bytes: u32) -> Self {
+    /// A builder for chunks of records within `ranges`, bounded by
+    /// `max_records` and (softly) `max_bytes`.
+    pub fn new(ranges: Vec<SourceRange>, max_records: u32, max_bytes: u32) -> Self {
         Self {
             ranges,
             max_records: max_records.max(1) as usize,
@@ -182,6 +184,17 @@ impl ChunkBuilder {
             }
             None => Err(SourceError::OutOfRange { topic: topic.to_owned(), partition, offset }),
         }
+    }
+
+    /// The values of the records in the chunk so far, in order. Lets native
+    /// code consume chunks exactly as a sink does (the benchmarks' baseline).
+    pub fn values(&self) -> impl Iterator<Item = Option<&[u8]>> {
+        self.records.iter().map(|r| r.value.map(|s| &self.data[s.start as usize..(s.start + s.len) as usize]))
+    }
+
+    /// Drop the chunk's records, as delivering it would.
+    pub fn clear(&mut self) {
+        drop(self.take());
     }
 
     /// Take the packed chunk, leaving the builder empty. `None` if empty.

@@ -1,1 +1,11 @@
+//! Integration tests of the sluice host: one binary, one module per area,
+//! every guest a real component built from `tests/guests/` and `examples/`.
 
+mod bad_components;
+mod cli;
+mod determinism;
+mod harness;
+mod hostile;
+mod isolation;
+mod no_ambient_authority;
+mod staging;

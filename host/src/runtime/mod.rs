@@ -24,7 +24,7 @@ use crate::batch_log::{BatchLog, LogSource};
 use crate::determinism::{SeededRng, VirtualClock, batch_seed, insecure_seed};
 use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::limits::{Budget, Limit, LimitExceeded, Limits};
-use crate::output::{BatchOutput, OutputCollector, digest};
+use crate::output::{BatchOutput, OutputCollector, Timings, digest};
 use crate::records::{BatchSpec, ChunkBuilder, RecordSource, SourceError};
 use crate::scratch::ScratchRoot;
 use bindings::sluice::sink::types;
@@ -33,6 +33,7 @@ use state::{BatchState, MemoryLimiter, RecordCursor, RecordStream};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -171,6 +172,8 @@ impl Sink {
     pub fn run(&self, spec: &BatchSpec, attempt: u32, source: Box<dyn RecordSource>) -> Result<BatchOutput, BatchFailure> {
         let inner = &self.runtime.inner;
         let limits = &inner.limits;
+        let started = Instant::now();
+        let mut timings = Timings::default();
         let log = BatchLog::new(limits);
         let fail = |error, kept_scratch| BatchFailure {
             batch_id: spec.batch_id,
@@ -188,7 +191,8 @@ impl Sink {
         let outcome = match self.sandbox(spec, source, &log, scratch.path(), scratch.dir()) {
             Err(source) => Err(scratch_err(source)),
             Ok(mut store) => {
-                let outcome = self.call(&mut store, spec, &log);
+                timings.setup = started.elapsed();
+                let outcome = self.call(&mut store, spec, &log, &mut timings);
                 let fuel_used = limits.fuel - store.get_fuel().unwrap_or(0);
                 outcome.map(|()| {
                     let state = store.into_data();
@@ -202,15 +206,22 @@ impl Sink {
                         records_in,
                         record_bytes_in,
                         fuel_used,
+                        timings,
                     }
                 })
             }
         };
         match outcome {
-            Ok(output) => match scratch.remove() {
-                Ok(()) => Ok(output),
-                Err(e) => Err(fail(scratch_err(e), None)),
-            },
+            Ok(mut output) => {
+                let teardown = Instant::now();
+                match scratch.remove() {
+                    Ok(()) => {
+                        output.timings.teardown = teardown.elapsed();
+                        Ok(output)
+                    }
+                    Err(e) => Err(fail(scratch_err(e), None)),
+                }
+            }
             Err(error) => {
                 let kept = scratch.keep().map_err(|source| fail(scratch_err(source), None))?;
                 Err(fail(error, kept))
@@ -270,7 +281,13 @@ impl Sink {
         Ok(store)
     }
 
-    fn call(&self, store: &mut Store<BatchState>, spec: &BatchSpec, log: &BatchLog) -> Result<(), BatchError> {
+    fn call(
+        &self,
+        store: &mut Store<BatchState>,
+        spec: &BatchSpec,
+        log: &BatchLog,
+        timings: &mut Timings,
+    ) -> Result<(), BatchError> {
         let info = types::BatchInfo {
             pipeline_id: spec.pipeline_id.clone(),
             batch_id: spec.batch_id,
@@ -281,9 +298,14 @@ impl Sink {
                 .map(|r| types::SourceRange { topic: r.topic.clone(), partition: r.partition, start: r.start, end: r.end })
                 .collect(),
         };
+        let start = Instant::now();
         let instance = self.pre.instantiate(&mut *store).map_err(|e| BatchError::Internal(format!("instantiating the sink: {e:#}")))?;
         let stream = store.data_mut().table.push(RecordStream).map_err(|e| BatchError::Internal(e.to_string()))?;
-        match instance.sluice_sink_handler().call_for_each_batch(&mut *store, &info, stream) {
+        timings.instantiate = start.elapsed();
+        let start = Instant::now();
+        let result = instance.sluice_sink_handler().call_for_each_batch(&mut *store, &info, stream);
+        timings.call = start.elapsed();
+        match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(types::SinkError::InvalidInput(m))) => Err(BatchError::InvalidInput(m)),
             Ok(Err(types::SinkError::Failed(m))) => Err(BatchError::SinkFailed(m)),

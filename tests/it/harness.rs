@@ -1,0 +1,122 @@
+//! Shared helpers: guest paths, runtimes with small limits, batches, probes.
+
+use serde_json::Value;
+use sluice::{BatchFailure, BatchOutput, BatchSpec, Limits, OwnedRecord, RecordSource, Runtime, RuntimeBuilder, Sink, VecSource};
+use std::path::PathBuf;
+use tempfile::TempDir;
+
+/// A guest component built by `host/build.rs`.
+pub fn guest(name: &str) -> PathBuf {
+    PathBuf::from(env!("SLUICE_GUEST_DIR")).join(format!("{}.wasm", name.replace('-', "_")))
+}
+
+/// A runtime with its own scratch root, sharing one compile cache.
+pub struct Harness {
+    pub scratch: TempDir,
+    pub runtime: Runtime,
+}
+
+pub fn harness(limits: Limits) -> Harness {
+    harness_with(limits, |b| b)
+}
+
+pub fn harness_with(limits: Limits, f: impl FnOnce(RuntimeBuilder) -> RuntimeBuilder) -> Harness {
+    let scratch = tempfile::tempdir().unwrap();
+    let builder = RuntimeBuilder::new(scratch.path())
+        .with_limits(limits)
+        .with_max_concurrent_batches(8)
+        .with_cache_dir(PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("component-cache"));
+    let runtime = f(builder).build().unwrap();
+    Harness { scratch, runtime }
+}
+
+impl Harness {
+    pub fn load(&self, name: &str) -> Sink {
+        self.runtime.load(guest(name)).unwrap_or_else(|e| panic!("loading {name}: {e}"))
+    }
+}
+
+/// Records with these values on topic `t`, partition 0, offsets from 0.
+pub fn records(values: &[&str]) -> Vec<OwnedRecord> {
+    values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| OwnedRecord {
+            topic: "t".into(),
+            partition: 0,
+            offset: i as i64,
+            timestamp_ms: 1_700_000_000_000 + i as i64,
+            value: Some(v.as_bytes().to_vec()),
+            ..Default::default()
+        })
+        .collect()
+}
+
+pub fn spec(pipeline: &str, batch_id: u64, records: &[OwnedRecord]) -> BatchSpec {
+    BatchSpec {
+        pipeline_id: pipeline.into(),
+        batch_id,
+        planned_timestamp_ms: 1_700_000_000_000 + batch_id as i64 * 1000,
+        ranges: BatchSpec::ranges_covering(records),
+    }
+}
+
+/// Run `values` as batch `batch_id` of pipeline `p`.
+pub fn run(sink: &Sink, batch_id: u64, values: &[&str]) -> Result<BatchOutput, BatchFailure> {
+    let recs = records(values);
+    sink.run(&spec("p", batch_id, &recs), 1, Box::new(VecSource::new(recs)))
+}
+
+/// The JSON rows staged to `table`, in order.
+pub fn rows(output: &BatchOutput, table: &str) -> Vec<Value> {
+    output
+        .ops
+        .iter()
+        .filter(|op| op.table == table)
+        .flat_map(|op| op.rows.bytes().split(|&b| b == b'\n').filter(|l| !l.is_empty()).map(|l| serde_json::from_slice(l).unwrap()))
+        .collect()
+}
+
+/// One result row of the `sandbox-probe` guest.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub cmd: String,
+    pub ok: bool,
+    pub result: String,
+}
+
+pub fn probes(output: &BatchOutput) -> Vec<Probe> {
+    rows(output, "probe")
+        .into_iter()
+        .map(|r| Probe {
+            cmd: r["cmd"].as_str().unwrap().to_owned(),
+            ok: r["ok"].as_bool().unwrap(),
+            result: r["result"].as_str().unwrap().to_owned(),
+        })
+        .collect()
+}
+
+/// The probe result of `cmd` (exactly one).
+pub fn probe<'a>(all: &'a [Probe], cmd: &str) -> &'a Probe {
+    let hits: Vec<_> = all.iter().filter(|p| p.cmd == cmd).collect();
+    assert_eq!(hits.len(), 1, "exactly one result for {cmd:?} in {all:#?}");
+    hits[0]
+}
+
+/// Wraps a source and waits at a barrier before every chunk after the
+/// first: two batches run through it are provably inside the sink at the
+/// same time.
+pub struct RendezvousSource {
+    pub inner: VecSource,
+    pub barrier: std::sync::Arc<std::sync::Barrier>,
+    pub first: bool,
+}
+
+impl RecordSource for RendezvousSource {
+    fn fill(&mut self, chunk: &mut sluice::ChunkBuilder) -> Result<sluice::Fill, sluice::SourceError> {
+        if !std::mem::take(&mut self.first) {
+            self.barrier.wait();
+        }
+        self.inner.fill(chunk)
+    }
+}

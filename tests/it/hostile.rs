@@ -1,0 +1,109 @@
+//! Hostile sinks are contained: each misbehaviour ends its batch with the
+//! right typed error, within its limit, and the next batch runs normally on
+//! the same runtime.
+
+use crate::harness::*;
+use sluice::{BatchError, Limit, Limits};
+
+fn small_limits() -> Limits {
+    Limits {
+        memory_bytes: 64 << 20,
+        fuel: 2_000_000_000,
+        deadline_ms: 20_000,
+        output_rows: 1000,
+        log_lines: 500,
+        log_bytes: 64 << 10,
+        stack_bytes: 256 << 10,
+        ..Limits::default()
+    }
+}
+
+fn expect_limit(h: &Harness, behaviour: &str, limit: Limit) {
+    let sink = h.load("hostile");
+    let failure = run(&sink, 1, &[behaviour]).unwrap_err();
+    match &failure.error {
+        BatchError::Limit(e) => assert_eq!(e.limit, limit, "{behaviour}: {failure}"),
+        other => panic!("{behaviour}: expected {limit:?}, got {other:?}"),
+    }
+    let expected_key = format!("({} = {})", limit.key(), limit.value(h.runtime.limits()));
+    assert!(failure.to_string().contains(&expected_key), "{failure}");
+    assert!(!failure.error.retryable() || limit == Limit::DeadlineMs);
+    still_healthy(h);
+}
+
+/// The same runtime runs a well-behaved batch right after.
+fn still_healthy(h: &Harness) {
+    let out = run(&h.load("hostile"), 2, &["ok"]).expect("the next batch runs normally");
+    assert_eq!(out.records_in, 1);
+}
+
+#[test]
+fn infinite_loop_runs_out_of_fuel() {
+    expect_limit(&harness(small_limits()), "loop", Limit::Fuel);
+}
+
+#[test]
+fn infinite_loop_hits_the_deadline_when_fuel_is_plentiful() {
+    let h = harness(Limits { fuel: u64::MAX / 2, deadline_ms: 300, ..small_limits() });
+    expect_limit(&h, "loop", Limit::DeadlineMs);
+}
+
+#[test]
+fn memory_bomb_hits_the_memory_limit() {
+    expect_limit(&harness(small_limits()), "alloc", Limit::MemoryBytes);
+}
+
+#[test]
+fn deep_recursion_hits_the_stack_limit() {
+    expect_limit(&harness(small_limits()), "recurse", Limit::StackBytes);
+}
+
+#[test]
+fn output_flood_hits_the_row_limit() {
+    expect_limit(&harness(small_limits()), "flood-output", Limit::OutputRows);
+}
+
+#[test]
+fn log_flood_hits_the_line_limit() {
+    expect_limit(&harness(small_limits()), "flood-log", Limit::LogLines);
+}
+
+#[test]
+fn stdout_flood_hits_a_log_limit() {
+    let h = harness(Limits { log_lines: 1_000_000, ..small_limits() });
+    expect_limit(&h, "flood-stdout", Limit::LogBytes);
+}
+
+#[test]
+fn trap_and_panic_are_reported_as_traps_with_stderr() {
+    let h = harness(small_limits());
+    let sink = h.load("hostile");
+    let trap = run(&sink, 1, &["trap"]).unwrap_err();
+    assert!(matches!(trap.error, BatchError::Trap { .. }), "{trap}");
+    assert!(trap.to_string().contains("unreachable"), "{trap}");
+    let panic = run(&sink, 1, &["panic"]).unwrap_err();
+    assert!(matches!(panic.error, BatchError::Trap { .. }), "{panic}");
+    assert!(panic.to_string().contains("sink panicked on purpose"), "the panic message reaches the error: {panic}");
+    assert!(panic.kept_scratch.as_ref().is_some_and(|p| p.is_dir()), "failed attempts keep /staging");
+    still_healthy(&h);
+}
+
+#[test]
+fn hostile_batches_in_parallel_do_not_disturb_a_good_one() {
+    let h = harness(small_limits());
+    let sink = h.load("hostile");
+    std::thread::scope(|s| {
+        let bad: Vec<_> = ["loop", "alloc", "flood-log", "panic"]
+            .into_iter()
+            .map(|b| {
+                let sink = sink.clone();
+                s.spawn(move || run(&sink, 1, &[b]).unwrap_err())
+            })
+            .collect();
+        let good = run(&sink, 2, &["ok"]).unwrap();
+        assert_eq!(good.records_in, 1);
+        for b in bad {
+            b.join().unwrap();
+        }
+    });
+}

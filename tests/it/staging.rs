@@ -1,0 +1,84 @@
+//! Output staging: what a sink stages is validated, snapshotted and
+//! canonical; the example sinks stage what they promise.
+
+use crate::harness::*;
+use serde_json::json;
+use sluice::{BatchError, Limits, WriteMode};
+
+#[test]
+fn orders_upsert_materialises_and_upserts_the_last_version_of_each_order() {
+    let h = harness(Limits::default());
+    let out = run(
+        &h.load("orders-upsert"),
+        4,
+        &[
+            r#"{"order_id":"o-1","customer":"c-1","amount_cents":100,"status":"new"}"#,
+            r#"{"order_id":"o-2","customer":"c-2","amount_cents":250,"status":"new"}"#,
+            r#"{"order_id":"o-1","customer":"c-1","amount_cents":100,"status":"paid"}"#,
+        ],
+    )
+    .unwrap();
+    assert_eq!(out.ops.len(), 1);
+    assert_eq!(out.ops[0].mode, WriteMode::Upsert { keys: vec!["order_id".into()] });
+    assert_eq!(
+        rows(&out, "orders"),
+        [
+            json!({"order_id":"o-1","customer":"c-1","amount_cents":100,"status":"paid","updated_at_ms":1_700_000_000_002i64,"source_offset":2}),
+            json!({"order_id":"o-2","customer":"c-2","amount_cents":250,"status":"new","updated_at_ms":1_700_000_000_001i64,"source_offset":1}),
+        ]
+    );
+    let summary = out.tables();
+    assert_eq!((summary[0].table.as_str(), summary[0].upserted_rows), ("orders", 2));
+}
+
+#[test]
+fn orders_upsert_rejects_a_malformed_record_naming_it() {
+    let h = harness(Limits::default());
+    let err = run(&h.load("orders-upsert"), 4, &[r#"{"order_id":"o-1","customer":"c","amount_cents":1,"status":"new"}"#, "not json"])
+        .unwrap_err();
+    assert!(matches!(err.error, BatchError::InvalidInput(_)), "{err}");
+    assert!(err.to_string().contains("topic t partition 0 offset 1: not an order"), "names the record: {err}");
+    assert!(!err.error.retryable());
+}
+
+#[test]
+fn staging_to_an_undeclared_table_is_refused() {
+    let h = harness_with(Limits::default(), |b| b.with_tables(["events"]));
+    let err = run(&h.load("orders-upsert"), 1, &[r#"{"order_id":"o-1","customer":"c","amount_cents":1,"status":"new"}"#])
+        .unwrap_err();
+    assert!(err.to_string().contains("table `orders` is not declared by the pipeline (declared: events)"), "{err}");
+}
+
+#[test]
+fn append_events_appends_one_row_per_record() {
+    let h = harness(Limits { chunk_records: 2, ..Limits::default() });
+    let out = run(&h.load("append-events"), 1, &["a", "b", "c"]).unwrap();
+    let rows = rows(&out, "events");
+    assert_eq!(rows.len(), 3);
+    assert_eq!(rows[2], json!({"topic":"t","partition":0,"offset":2,"timestamp_ms":1_700_000_000_002i64,"key":null,"value":"c"}));
+    assert_eq!(out.tables()[0].appended_rows, 3);
+}
+
+#[test]
+fn staged_files_are_snapshotted_when_staged_and_validated() {
+    let h = harness(Limits::default());
+    let out = run(
+        &h.load("sandbox-probe"),
+        1,
+        &[
+            r#"write rows.jsonl {"id": 1, "b": "x"}"#,
+            "stage-file rows.jsonl json-lines t1",
+            r#"write rows.jsonl {"id": 2}"#,
+            "write bad.jsonl not-json",
+            "stage-file bad.jsonl json-lines t1",
+            "stage-file missing.jsonl json-lines t1",
+        ],
+    )
+    .unwrap();
+    assert_eq!(rows(&out, "t1"), [json!({"b":"x","id":1})], "the rewrite after staging has no effect");
+    let p = probes(&out);
+    let bad = probe(&p, "stage-file bad.jsonl json-lines t1");
+    assert!(!bad.ok && bad.result.contains("bad.jsonl: row 0: not valid JSON"), "{bad:?}");
+    let missing = probe(&p, "stage-file missing.jsonl json-lines t1");
+    assert!(!missing.ok && missing.result.contains("cannot read /staging/missing.jsonl"), "{missing:?}");
+}
