@@ -1,20 +1,23 @@
 //! The batch and its records: `batch-info` plus the `record-stream`, read
 //! front to back, one chunk at a time.
 //!
-//! A chunk crosses into the guest as three packed buffers (record metadata,
-//! header metadata, bytes) and [`RecordRef`] views point into them, so
-//! reading a record copies nothing. Every span of a chunk is checked once,
-//! when the chunk arrives: a span outside the chunk is a host bug and panics
-//! (the batch then traps); afterwards the accessors cannot fail.
+//! A chunk crosses into the guest column by column (one list per record
+//! field, one per header field, and all key, value and header bytes back to
+//! back in `data`), and [`RecordRef`] views point into those columns, so
+//! reading a record copies nothing. The columns are checked once, when the
+//! chunk arrives, in the same pass that notes where each record's value
+//! starts in `data`; a malformed chunk is a host bug and panics (the batch
+//! then traps). Afterwards the accessors cannot fail, except that a header
+//! key is checked to be UTF-8 when it is read.
 
 use std::cell::Cell;
 use std::fmt;
 use std::iter::FusedIterator;
 use std::ops::Range;
 use std::rc::Rc;
-use std::slice;
+use std::str;
 
-use crate::__private::bindings::sluice::sink::types::{HeaderMeta, RecordChunk, RecordMeta, Span};
+use crate::__private::bindings::sluice::sink::types::RecordChunk;
 use crate::__private::{BatchInfo, RecordStream};
 
 /// A half-open range `[start, end)` of offsets in one Kafka topic partition.
@@ -192,81 +195,206 @@ impl FusedIterator for Records<'_> {}
 /// A bounded run of consecutive records of the batch, in delivery order (per
 /// partition, by offset).
 pub struct Chunk {
-    records: Vec<RecordMeta>,
-    headers: Vec<HeaderMeta>,
+    // One entry per record.
+    sources: Vec<u32>,
+    offsets: Vec<i64>,
+    timestamps_ms: Vec<i64>,
+    key_lens: Vec<i32>,
+    value_lens: Vec<i32>,
+    /// Where each record's value starts in `data` (its key ends there).
+    value_starts: Vec<u32>,
+    /// Record `i`'s headers are `header_starts[i]..header_starts[i + 1]` of
+    /// the `header_*` columns; empty when the chunk has no headers at all.
+    header_starts: Vec<u32>,
+    // One entry per header.
+    header_key_lens: Vec<u32>,
+    header_value_lens: Vec<i32>,
     data: Vec<u8>,
-    sources: Rc<[Source]>,
+    batch_sources: Rc<[Source]>,
 }
 
 impl Chunk {
+    /// Checks the columns against each other, once, and notes where each
+    /// record's value and headers start. Panics on a malformed chunk.
     fn new(raw: RecordChunk, sources: Rc<[Source]>) -> Self {
-        let chunk = Self {
-            records: raw.records,
-            headers: raw.headers,
-            data: raw.data,
-            sources,
-        };
-        chunk.validate();
-        chunk
-    }
+        let RecordChunk {
+            sources: record_sources,
+            offsets,
+            timestamps_ms,
+            key_lens,
+            value_lens,
+            header_counts,
+            header_key_lens,
+            header_value_lens,
+            data,
+        } = raw;
 
-    fn validate(&self) {
-        let in_data = |span: Span| within(span, self.data.len());
-        for (i, r) in self.records.iter().enumerate() {
-            assert!(
-                (r.source as usize) < self.sources.len()
-                    && r.key.is_none_or(in_data)
-                    && r.value.is_none_or(in_data)
-                    && within(r.headers, self.headers.len()),
-                "sluice host sent a malformed chunk: record {i} points outside the chunk or the batch's ranges",
-            );
+        let records = record_sources.len();
+        for (column, len) in [
+            ("offsets", offsets.len()),
+            ("timestamps-ms", timestamps_ms.len()),
+            ("key-lens", key_lens.len()),
+            ("value-lens", value_lens.len()),
+            ("header-counts", header_counts.len()),
+        ] {
+            if len != records {
+                malformed(format_args!(
+                    "{column} has {len} entries for {records} records"
+                ));
+            }
         }
-        for (i, h) in self.headers.iter().enumerate() {
-            assert!(
-                in_data(h.key) && h.value.is_none_or(in_data),
-                "sluice host sent a malformed chunk: header {i} points outside the chunk",
-            );
-            assert!(
-                std::str::from_utf8(self.bytes(h.key)).is_ok(),
-                "sluice host sent a malformed chunk: header {i} has a key that is not UTF-8",
-            );
+        if header_key_lens.len() != header_value_lens.len() {
+            malformed(format_args!(
+                "header-key-lens has {} entries but header-value-lens has {}",
+                header_key_lens.len(),
+                header_value_lens.len()
+            ));
+        }
+        if let Some(i) = record_sources
+            .iter()
+            .position(|&s| s as usize >= sources.len())
+        {
+            malformed(format_args!(
+                "record {i} has source {} but the batch has {} ranges",
+                record_sources[i],
+                sources.len()
+            ));
+        }
+
+        // Walk the records with a running position in `data`. Positions are
+        // u64 and checked against the data length after every step, so a
+        // hostile length cannot overflow them.
+        let data_len = data.len() as u64;
+        let has_headers = !header_key_lens.is_empty();
+        let mut value_starts = Vec::with_capacity(records);
+        let mut header_starts = Vec::with_capacity(if has_headers { records + 1 } else { 0 });
+        if has_headers {
+            header_starts.push(0);
+        }
+        let mut pos = 0u64;
+        let mut header = 0usize;
+        for (i, ((&key_len, &value_len), &header_count)) in key_lens
+            .iter()
+            .zip(&value_lens)
+            .zip(&header_counts)
+            .enumerate()
+        {
+            if key_len < -1 || value_len < -1 {
+                malformed(format_args!(
+                    "record {i} has key length {key_len} and value length {value_len}"
+                ));
+            }
+            pos += nullable_len(key_len);
+            // `pos <= data_len <= u32::MAX` once the check below passed; if it
+            // fails, this entry is never read.
+            value_starts.push(pos as u32);
+            pos += nullable_len(value_len);
+            if header_count != 0 {
+                let end = header
+                    .checked_add(header_count as usize)
+                    .filter(|&end| end <= header_key_lens.len())
+                    .unwrap_or_else(|| {
+                        malformed(format_args!(
+                            "record {i} has {header_count} headers from header {header}, \
+                             but the chunk has {} headers",
+                            header_key_lens.len()
+                        ))
+                    });
+                for (h, (&k, &v)) in header_key_lens[header..end]
+                    .iter()
+                    .zip(&header_value_lens[header..end])
+                    .enumerate()
+                {
+                    if v < -1 {
+                        malformed(format_args!(
+                            "header {} has value length {v}",
+                            header + h
+                        ));
+                    }
+                    pos += u64::from(k) + nullable_len(v);
+                    if pos > data_len {
+                        break;
+                    }
+                }
+                header = end;
+            }
+            if pos > data_len {
+                malformed(format_args!(
+                    "record {i} ends past the {data_len} data bytes"
+                ));
+            }
+            if has_headers {
+                header_starts.push(header as u32);
+            }
+        }
+        if header != header_key_lens.len() {
+            malformed(format_args!(
+                "header-counts sum to {header} but the chunk has {} headers",
+                header_key_lens.len()
+            ));
+        }
+        if pos != data_len {
+            malformed(format_args!(
+                "the records take {pos} bytes but data has {data_len}"
+            ));
+        }
+
+        Self {
+            sources: record_sources,
+            offsets,
+            timestamps_ms,
+            key_lens,
+            value_lens,
+            value_starts,
+            header_starts,
+            header_key_lens,
+            header_value_lens,
+            data,
+            batch_sources: sources,
         }
     }
 
     /// The number of records in the chunk.
     pub fn len(&self) -> usize {
-        self.records.len()
+        self.value_starts.len()
     }
 
     /// Whether the chunk holds no records.
     pub fn is_empty(&self) -> bool {
-        self.records.is_empty()
+        self.value_starts.is_empty()
     }
 
     /// The record at `index`, if there is one.
     pub fn get(&self, index: usize) -> Option<RecordRef<'_>> {
-        self.records
-            .get(index)
-            .map(|meta| RecordRef { chunk: self, meta })
+        (index < self.len()).then_some(RecordRef { chunk: self, index })
     }
 
     /// Zero-copy views of the chunk's records, in order.
     pub fn iter(&self) -> ChunkIter<'_> {
         ChunkIter {
             chunk: self,
-            metas: self.records.iter(),
+            indices: 0..self.len(),
         }
     }
+}
 
-    fn bytes(&self, span: Span) -> &[u8] {
-        &self.data[range(span)]
-    }
+/// The bytes a key or value of length `len` takes in `data` (-1 is null).
+fn nullable_len(len: i32) -> u64 {
+    u64::try_from(len).unwrap_or(0)
+}
+
+/// Reports a malformed chunk: a host bug, so the batch traps.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn malformed(what: fmt::Arguments<'_>) -> ! {
+    panic!("sluice host sent a malformed chunk: {what}")
 }
 
 impl fmt::Debug for Chunk {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Chunk")
-            .field("records", &self.records.len())
+            .field("records", &self.len())
             .field("data_bytes", &self.data.len())
             .finish()
     }
@@ -281,34 +409,25 @@ impl<'a> IntoIterator for &'a Chunk {
     }
 }
 
-fn range(span: Span) -> Range<usize> {
-    let start = span.start as usize;
-    start..start + span.len as usize
-}
-
-fn within(span: Span, len: usize) -> bool {
-    (span.start as usize)
-        .checked_add(span.len as usize)
-        .is_some_and(|end| end <= len)
-}
-
 /// Iterator over the records of a [`Chunk`]; see [`Chunk::iter`].
 #[derive(Debug, Clone)]
 pub struct ChunkIter<'a> {
     chunk: &'a Chunk,
-    metas: slice::Iter<'a, RecordMeta>,
+    indices: Range<usize>,
 }
 
 impl<'a> Iterator for ChunkIter<'a> {
     type Item = RecordRef<'a>;
 
+    #[inline]
     fn next(&mut self) -> Option<RecordRef<'a>> {
         let chunk = self.chunk;
-        self.metas.next().map(|meta| RecordRef { chunk, meta })
+        self.indices.next().map(|index| RecordRef { chunk, index })
     }
 
+    #[inline]
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.metas.size_hint()
+        self.indices.size_hint()
     }
 }
 
@@ -319,12 +438,12 @@ impl FusedIterator for ChunkIter<'_> {}
 #[derive(Clone, Copy)]
 pub struct RecordRef<'a> {
     chunk: &'a Chunk,
-    meta: &'a RecordMeta,
+    index: usize,
 }
 
 impl<'a> RecordRef<'a> {
     fn source(&self) -> &'a Source {
-        &self.chunk.sources[self.meta.source as usize]
+        &self.chunk.batch_sources[self.chunk.sources[self.index] as usize]
     }
 
     /// The record's topic.
@@ -338,31 +457,53 @@ impl<'a> RecordRef<'a> {
     }
 
     /// The record's offset within its partition.
+    #[inline]
     pub fn offset(&self) -> i64 {
-        self.meta.offset
+        self.chunk.offsets[self.index]
     }
 
     /// The record's timestamp, in milliseconds since the Unix epoch.
+    #[inline]
     pub fn timestamp_ms(&self) -> i64 {
-        self.meta.timestamp_ms
+        self.chunk.timestamps_ms[self.index]
     }
 
     /// The key bytes; `None` for a null key.
+    #[inline]
     pub fn key(&self) -> Option<&'a [u8]> {
-        self.meta.key.map(|span| self.chunk.bytes(span))
+        let chunk = self.chunk;
+        let len = usize::try_from(chunk.key_lens[self.index]).ok()?;
+        let end = chunk.value_starts[self.index] as usize;
+        Some(&chunk.data[end - len..end])
     }
 
     /// The value bytes; `None` for a null value (a tombstone).
+    #[inline]
     pub fn value(&self) -> Option<&'a [u8]> {
-        self.meta.value.map(|span| self.chunk.bytes(span))
+        let chunk = self.chunk;
+        let len = usize::try_from(chunk.value_lens[self.index]).ok()?;
+        let start = chunk.value_starts[self.index] as usize;
+        Some(&chunk.data[start..start + len])
     }
 
     /// The headers as `(key, value)` pairs, in order; a `None` value is a
     /// null header value.
     pub fn headers(&self) -> Headers<'a> {
+        let chunk = self.chunk;
+        let (next, end) = if chunk.header_starts.is_empty() {
+            (0, 0)
+        } else {
+            (
+                chunk.header_starts[self.index] as usize,
+                chunk.header_starts[self.index + 1] as usize,
+            )
+        };
+        let value_len = usize::try_from(chunk.value_lens[self.index]).unwrap_or(0);
         Headers {
-            chunk: self.chunk,
-            metas: self.chunk.headers[range(self.meta.headers)].iter(),
+            chunk,
+            next,
+            end,
+            pos: chunk.value_starts[self.index] as usize + value_len,
         }
     }
 
@@ -401,23 +542,43 @@ impl fmt::Debug for RecordRef<'_> {
 #[derive(Clone)]
 pub struct Headers<'a> {
     chunk: &'a Chunk,
-    metas: slice::Iter<'a, HeaderMeta>,
+    /// The next header, as an index into the chunk's `header_*` columns.
+    next: usize,
+    end: usize,
+    /// Where the next header's key starts in `data`.
+    pos: usize,
 }
 
 impl<'a> Iterator for Headers<'a> {
     type Item = (&'a str, Option<&'a [u8]>);
 
     fn next(&mut self) -> Option<Self::Item> {
+        if self.next >= self.end {
+            return None;
+        }
         let chunk = self.chunk;
-        self.metas.next().map(|h| {
-            let key = std::str::from_utf8(chunk.bytes(h.key))
-                .expect("header keys are checked when the chunk arrives");
-            (key, h.value.map(|span| chunk.bytes(span)))
-        })
+        let header = self.next;
+        self.next += 1;
+
+        let key_len = chunk.header_key_lens[header] as usize;
+        let key = &chunk.data[self.pos..self.pos + key_len];
+        self.pos += key_len;
+        let value = usize::try_from(chunk.header_value_lens[header])
+            .ok()
+            .map(|len| {
+                let value = &chunk.data[self.pos..self.pos + len];
+                self.pos += len;
+                value
+            });
+        let key = str::from_utf8(key).unwrap_or_else(|e| {
+            malformed(format_args!("header {header} has a key that is not UTF-8: {e}"))
+        });
+        Some((key, value))
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        self.metas.size_hint()
+        let len = self.end.saturating_sub(self.next);
+        (len, Some(len))
     }
 }
 

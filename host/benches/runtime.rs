@@ -40,17 +40,21 @@ fn main() {
     let spec = BatchSpec { pipeline_id: "bench".into(), batch_id: 0, planned_timestamp_ms: 0, ranges: vec![] };
     let iterations = 5000;
     let (mut inst_call, mut total) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
+    let (mut setup, mut teardown) = (Vec::with_capacity(iterations), Vec::with_capacity(iterations));
     for i in 0..iterations + 500 {
         let start = Instant::now();
         let out = noop.run(&BatchSpec { batch_id: i as u64, ..spec.clone() }, 1, Box::new(VecSource::new(Vec::new()))).unwrap();
         let elapsed = start.elapsed();
         if i >= 500 {
             inst_call.push(out.timings.instantiate + out.timings.call);
+            setup.push(out.timings.setup);
+            teardown.push(out.timings.teardown);
             total.push(elapsed);
         }
     }
-    inst_call.sort();
-    total.sort();
+    for v in [&mut inst_call, &mut total, &mut setup, &mut teardown] {
+        v.sort();
+    }
     println!("fresh instance + no-op call, {iterations} batches:");
     println!(
         "  instantiate + call   p50 {}  p90 {}  p99 {}",
@@ -63,6 +67,11 @@ fn main() {
         micros(percentile(&total, 0.5)),
         micros(percentile(&total, 0.9)),
         micros(percentile(&total, 0.99))
+    );
+    println!(
+        "    of which setup p50 {} (mkdir /staging, WASI context, store), teardown p50 {} (rm /staging)",
+        micros(percentile(&setup, 0.5)),
+        micros(percentile(&teardown, 0.5))
     );
 
     // 2. Trivial sink over many small records: Wasm vs native.

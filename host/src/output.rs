@@ -369,6 +369,34 @@ mod tests {
         );
     }
 
+    fn arrow_stream(ids: &[Option<i64>]) -> Vec<u8> {
+        use arrow_array::{Int64Array, RecordBatch};
+        use arrow_schema::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids.to_vec()))]).unwrap();
+        let mut out = Vec::new();
+        let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &schema).unwrap();
+        w.write(&batch).unwrap();
+        w.write(&batch).unwrap();
+        w.finish().unwrap();
+        drop(w);
+        out
+    }
+
+    #[test]
+    fn arrow_streams_are_counted_and_key_checked() {
+        let (rows, n) = arrow_rows(arrow_stream(&[Some(1), Some(2), Some(3)]), &["id".into()], "a.arrow").unwrap();
+        assert_eq!(n, 6, "two record batches of three rows");
+        assert_eq!(rows.format(), FileFormat::ArrowIpc);
+        let msg = |r: Result<_, wit::StageError>| stage_error_text(r.unwrap_err());
+        assert_eq!(
+            msg(arrow_rows(arrow_stream(&[Some(1)]), &["order_id".into()], "a.arrow")),
+            "a.arrow: key column `order_id` is not in the Arrow schema"
+        );
+        assert_eq!(msg(arrow_rows(arrow_stream(&[Some(1), None]), &["id".into()], "a.arrow")), "a.arrow: key column `id` has nulls");
+        assert!(msg(arrow_rows(b"{\"id\": 1}".to_vec(), &[], "a.arrow")).starts_with("a.arrow: not an Arrow IPC stream"));
+    }
+
     #[test]
     fn digest_separates_fields() {
         let op = |table: &str, mode: WriteMode, rows: &[u8]| StagedOp {

@@ -7,7 +7,7 @@
 //! strays outside them fails the batch instead of feeding the sink records
 //! that belong to another batch.
 
-use crate::runtime::bindings::sluice::sink::types::{HeaderMeta, RecordChunk, RecordMeta, Span};
+use crate::runtime::bindings::sluice::sink::types::RecordChunk;
 use serde::{Deserialize, Serialize};
 
 /// A half-open range `[start, end)` of offsets of one topic partition.
@@ -89,20 +89,39 @@ pub trait RecordSource: Send {
     fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError>;
 }
 
-/// Packs records into one chunk: metadata, headers and one byte buffer.
+/// Packs records into one columnar chunk (see `record-chunk` in the WIT).
 #[derive(Debug)]
 pub struct ChunkBuilder {
     ranges: Vec<SourceRange>,
     max_records: usize,
     max_bytes: usize,
-    records: Vec<RecordMeta>,
-    headers: Vec<HeaderMeta>,
-    data: Vec<u8>,
+    chunk: RecordChunk,
     /// Index into `ranges` of the previous record: consecutive records
     /// usually share a partition.
     last_source: usize,
     delivered_records: u64,
     delivered_bytes: u64,
+}
+
+/// The WIT length of optional bytes: -1 for null.
+fn len_or_null(bytes: Option<&[u8]>) -> i32 {
+    bytes.map_or(-1, |b| b.len() as i32)
+}
+
+/// An empty chunk with room for `records` records of `bytes` bytes (headers
+/// are rare: their columns grow on demand).
+fn chunk_with_capacity(records: usize, bytes: usize) -> RecordChunk {
+    RecordChunk {
+        sources: Vec::with_capacity(records),
+        offsets: Vec::with_capacity(records),
+        timestamps_ms: Vec::with_capacity(records),
+        key_lens: Vec::with_capacity(records),
+        value_lens: Vec::with_capacity(records),
+        header_counts: Vec::with_capacity(records),
+        header_key_lens: Vec::new(),
+        header_value_lens: Vec::new(),
+        data: Vec::with_capacity(bytes),
+    }
 }
 
 impl ChunkBuilder {
@@ -113,9 +132,7 @@ impl ChunkBuilder {
             ranges,
             max_records: max_records.max(1) as usize,
             max_bytes: max_bytes as usize,
-            records: Vec::new(),
-            headers: Vec::new(),
-            data: Vec::new(),
+            chunk: chunk_with_capacity(0, 0),
             last_source: 0,
             delivered_records: 0,
             delivered_bytes: 0,
@@ -124,7 +141,7 @@ impl ChunkBuilder {
 
     /// True once the chunk has reached one of its bounds.
     pub fn is_full(&self) -> bool {
-        self.records.len() >= self.max_records || self.data.len() >= self.max_bytes
+        self.chunk.offsets.len() >= self.max_records || self.chunk.data.len() >= self.max_bytes
     }
 
     /// Append one record. Fails if it lies outside the planned ranges.
@@ -140,16 +157,23 @@ impl ChunkBuilder {
         headers: impl IntoIterator<Item = (&'h str, Option<&'h [u8]>)>,
     ) -> Result<(), SourceError> {
         let source = self.source_index(topic, partition, offset)?;
-        let key = key.map(|k| self.put(k));
-        let value = value.map(|v| self.put(v));
-        let first_header = self.headers.len();
+        let c = &mut self.chunk;
+        c.sources.push(source as u32);
+        c.offsets.push(offset);
+        c.timestamps_ms.push(timestamp_ms);
+        c.key_lens.push(len_or_null(key));
+        c.value_lens.push(len_or_null(value));
+        c.data.extend_from_slice(key.unwrap_or_default());
+        c.data.extend_from_slice(value.unwrap_or_default());
+        let mut count = 0;
         for (k, v) in headers {
-            let key = self.put(k.as_bytes());
-            let value = v.map(|v| self.put(v));
-            self.headers.push(HeaderMeta { key, value });
+            c.header_key_lens.push(k.len() as u32);
+            c.header_value_lens.push(len_or_null(v));
+            c.data.extend_from_slice(k.as_bytes());
+            c.data.extend_from_slice(v.unwrap_or_default());
+            count += 1;
         }
-        let headers = Span { start: first_header as u32, len: (self.headers.len() - first_header) as u32 };
-        self.records.push(RecordMeta { source: source as u32, offset, timestamp_ms, key, value, headers });
+        c.header_counts.push(count);
         Ok(())
     }
 
@@ -164,12 +188,6 @@ impl ChunkBuilder {
             r.value.as_deref(),
             r.headers.iter().map(|(k, v)| (k.as_str(), v.as_deref())),
         )
-    }
-
-    fn put(&mut self, bytes: &[u8]) -> Span {
-        let start = self.data.len() as u32;
-        self.data.extend_from_slice(bytes);
-        Span { start, len: bytes.len() as u32 }
     }
 
     fn source_index(&mut self, topic: &str, partition: i32, offset: i64) -> Result<usize, SourceError> {
@@ -189,7 +207,20 @@ impl ChunkBuilder {
     /// The values of the records in the chunk so far, in order. Lets native
     /// code consume chunks exactly as a sink does (the benchmarks' baseline).
     pub fn values(&self) -> impl Iterator<Item = Option<&[u8]>> {
-        self.records.iter().map(|r| r.value.map(|s| &self.data[s.start as usize..(s.start + s.len) as usize]))
+        let c = &self.chunk;
+        let mut pos = 0usize;
+        let mut header = 0usize;
+        (0..c.offsets.len()).map(move |i| {
+            pos += c.key_lens[i].max(0) as usize;
+            let len = c.value_lens[i];
+            let value = (len >= 0).then(|| &c.data[pos..pos + len as usize]);
+            pos += len.max(0) as usize;
+            for _ in 0..c.header_counts[i] {
+                pos += c.header_key_lens[header] as usize + c.header_value_lens[header].max(0) as usize;
+                header += 1;
+            }
+            value
+        })
     }
 
     /// Drop the chunk's records, as delivering it would.
@@ -199,16 +230,16 @@ impl ChunkBuilder {
 
     /// Take the packed chunk, leaving the builder empty. `None` if empty.
     pub(crate) fn take(&mut self) -> Option<RecordChunk> {
-        if self.records.is_empty() {
+        if self.chunk.offsets.is_empty() {
             return None;
         }
-        self.delivered_records += self.records.len() as u64;
-        self.delivered_bytes += self.data.len() as u64;
-        Some(RecordChunk {
-            records: std::mem::take(&mut self.records),
-            headers: std::mem::take(&mut self.headers),
-            data: std::mem::take(&mut self.data),
-        })
+        // The next chunk will be about as big: allocate once, not by doubling.
+        let n = self.chunk.offsets.len();
+        let next = chunk_with_capacity(n, self.chunk.data.len());
+        let chunk = std::mem::replace(&mut self.chunk, next);
+        self.delivered_records += n as u64;
+        self.delivered_bytes += chunk.data.len() as u64;
+        Some(chunk)
     }
 
     /// Records and payload bytes handed to the sink so far.
@@ -289,8 +320,9 @@ mod tests {
         loop {
             let fill = src.fill(&mut b).unwrap();
             if let Some(c) = b.take() {
-                assert_eq!(c.headers.len(), c.records.len());
-                sizes.push(c.records.len());
+                assert_eq!(c.header_counts, vec![1; c.offsets.len()]);
+                assert_eq!(c.header_key_lens.len(), c.offsets.len());
+                sizes.push(c.offsets.len());
             }
             if fill == Fill::Done {
                 break;
@@ -306,10 +338,11 @@ mod tests {
         let mut b = ChunkBuilder::new(BatchSpec::ranges_covering(&records), 100, 50);
         let mut src = VecSource::new(records);
         assert_eq!(src.fill(&mut b).unwrap(), Fill::More);
+        assert_eq!(b.values().collect::<Vec<_>>(), [Some("x".repeat(100).as_bytes())]);
         let c = b.take().unwrap();
-        assert_eq!(c.records.len(), 1);
-        let v = c.records[0].value.unwrap();
-        assert_eq!(&c.data[v.start as usize..(v.start + v.len) as usize], "x".repeat(100).as_bytes());
+        assert_eq!((c.key_lens.as_slice(), c.value_lens.as_slice()), (&[-1][..], &[100][..]));
+        // key (null), value, header key "h", header value (null).
+        assert_eq!(c.data.len(), 101);
     }
 
     #[test]
