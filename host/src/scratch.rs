@@ -83,7 +83,8 @@ impl ScratchDir {
     /// The batch succeeded: delete everything.
     pub(crate) fn remove(self) -> io::Result<()> {
         drop(self.dir);
-        std::fs::remove_dir_all(&self.path)
+        // Most batches leave few files; an empty directory needs one rmdir.
+        std::fs::remove_dir(&self.path).or_else(|_| std::fs::remove_dir_all(&self.path))
     }
 
     /// The batch failed: keep the directory for a post-mortem, then drop the
