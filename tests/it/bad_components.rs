@@ -72,3 +72,28 @@ fn component_importing_what_the_host_does_not_provide() {
     assert!(matches!(e, LoadError::WrongWorld { .. }), "{e}");
     assert!(e.to_string().contains("evil:host/spawn"), "the message names the import: {e}");
 }
+
+#[test]
+fn compiled_components_are_cached_by_digest() {
+    let cache = tempfile::tempdir().unwrap();
+    let cached = || {
+        let mut files: Vec<_> = std::fs::read_dir(cache.path()).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        files
+    };
+    let h = harness_with(Limits::default(), |b| b.with_cache_dir(cache.path()));
+    let first = h.load("noop");
+    let files = cached();
+    assert_eq!(files.len(), 1);
+    let name = files[0].file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with(first.digest()) && name.ends_with(".cwasm"), "{name}");
+    // A second runtime (a restart) loads the cached code: same digest, no new file.
+    let again = harness_with(Limits::default(), |b| b.with_cache_dir(cache.path()));
+    assert_eq!(again.load("noop").digest(), first.digest());
+    assert_eq!(cached(), files);
+    // A corrupt cache entry is recompiled, not trusted.
+    std::fs::write(&files[0], b"garbage").unwrap();
+    let sink = again.load("noop");
+    run(&sink, 1, &[]).unwrap();
+    assert!(std::fs::read(&files[0]).unwrap().len() > 100, "the entry was rewritten");
+}

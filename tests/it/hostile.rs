@@ -64,14 +64,24 @@ fn output_flood_hits_the_row_limit() {
 }
 
 #[test]
+fn output_flood_hits_the_byte_limit() {
+    let h = harness(Limits { output_rows: u64::MAX, output_bytes: 64 << 10, ..small_limits() });
+    expect_limit(&h, "flood-output", Limit::OutputBytes);
+}
+
+#[test]
 fn log_flood_hits_the_line_limit() {
     expect_limit(&harness(small_limits()), "flood-log", Limit::LogLines);
 }
 
 #[test]
-fn stdout_flood_hits_a_log_limit() {
+fn stdout_flood_hits_a_log_limit_and_is_captured() {
     let h = harness(Limits { log_lines: 1_000_000, ..small_limits() });
     expect_limit(&h, "flood-stdout", Limit::LogBytes);
+    let failure = run(&h.load("hostile"), 1, &["flood-stdout"]).unwrap_err();
+    let captured: u64 = failure.log.iter().map(|l| l.message.len() as u64 + 1).sum();
+    assert!(failure.log.iter().all(|l| l.source == sluice::LogSource::Stdout && l.message == "flooding stdout"));
+    assert!(captured <= 64 << 10 && captured > 60 << 10, "the log keeps output up to the cap: {captured} bytes");
 }
 
 #[test]

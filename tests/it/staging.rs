@@ -82,3 +82,49 @@ fn staged_files_are_snapshotted_when_staged_and_validated() {
     let missing = probe(&p, "stage-file missing.jsonl json-lines t1");
     assert!(!missing.ok && missing.result.contains("cannot read /staging/missing.jsonl"), "{missing:?}");
 }
+
+fn arrow_orders_hex(ids: &[&str]) -> String {
+    use arrow_array::{RecordBatch, StringArray};
+    use arrow_schema::{DataType, Field, Schema};
+    use std::sync::Arc;
+    let schema = Arc::new(Schema::new(vec![Field::new("order_id", DataType::Utf8, false)]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(StringArray::from(ids.to_vec()))]).unwrap();
+    let mut out = Vec::new();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &schema).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    out.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn arrow_ipc_files_are_the_bulk_form() {
+    let h = harness(Limits::default());
+    let cmds = [
+        format!("write-hex orders.arrow {}", arrow_orders_hex(&["o-1", "o-2", "o-3"])),
+        "stage-file orders.arrow arrow-ipc bulk".to_owned(),
+        "write-hex junk.arrow 00ff00ff".to_owned(),
+        "stage-file junk.arrow arrow-ipc bulk".to_owned(),
+    ];
+    let cmds: Vec<&str> = cmds.iter().map(String::as_str).collect();
+    let out = run(&h.load("sandbox-probe"), 1, &cmds).unwrap();
+    let bulk: Vec<_> = out.ops.iter().filter(|op| op.table == "bulk").collect();
+    assert_eq!(bulk.len(), 1);
+    assert_eq!(bulk[0].row_count, 3);
+    assert_eq!(bulk[0].rows.format(), sluice::FileFormat::ArrowIpc);
+    // The host kept the sink's bytes exactly.
+    let hex: String = bulk[0].rows.bytes().iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex, arrow_orders_hex(&["o-1", "o-2", "o-3"]));
+    let p = probes(&out);
+    let junk = probe(&p, "stage-file junk.arrow arrow-ipc bulk");
+    assert!(!junk.ok && junk.result.contains("junk.arrow: not an Arrow IPC stream"), "{junk:?}");
+}
+
+#[test]
+fn sink_logs_are_structured() {
+    let h = harness(Limits::default());
+    let out = run(&h.load("orders-upsert"), 1, &[r#"{"order_id":"o-1","customer":"c","amount_cents":1,"status":"new"}"#]).unwrap();
+    let line = out.log.iter().find(|l| l.source == sluice::LogSource::Sink).expect("a sink log line");
+    assert_eq!(line.level, sluice::Level::Info);
+    assert!(line.fields.iter().any(|(k, v)| k == "orders" && v == "1"), "{line:?}");
+}

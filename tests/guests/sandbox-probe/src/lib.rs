@@ -12,6 +12,7 @@
 //! | command                      | result                                        |
 //! |------------------------------|-----------------------------------------------|
 //! | `write PATH CONTENT...`      | `""`; writes the rest of the line             |
+//! | `write-hex PATH HEX`         | `""`; writes the hex-decoded bytes            |
 //! | `read PATH`                  | the file's contents (lossy UTF-8)             |
 //! | `list PATH`                  | sorted entry names, joined by `,`             |
 //! | `open PATH`                  | the first 64 bytes (lossy UTF-8)              |
@@ -68,6 +69,16 @@ fn run(line: &str, started: Instant) -> Outcome {
                 .split_once(' ')
                 .map_or("", |(_, content)| content);
             fs::write(resolve(path), content)
+                .map(|()| String::new())
+                .map_err(describe)
+        }
+        ("write-hex", [path, hex]) => {
+            let bytes = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2).unwrap_or("zz"), 16))
+                .collect::<Result<Vec<u8>, _>>()
+                .map_err(|e| format!("bad hex: {e}"))?;
+            fs::write(resolve(path), bytes)
                 .map(|()| String::new())
                 .map_err(describe)
         }
