@@ -318,8 +318,44 @@ fn read_staged_file(staging: &Dir, path: &str) -> Result<Vec<u8>, wit::StageErro
     staging.read(relative).map_err(|e| wit::StageError::File(format!("cannot read /staging/{relative}: {e}")))
 }
 
+/// Walk the IPC stream's message frames and check every declared length
+/// against the bytes actually there. arrow's reader allocates what a length
+/// prefix claims before reading, so without this a 9-byte file could make the
+/// host allocate gigabytes.
+fn check_ipc_framing(bytes: &[u8]) -> Result<(), String> {
+    let word = |at: usize| bytes.get(at..at + 4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
+    let mut pos = 0usize;
+    while pos < bytes.len() {
+        let start = pos;
+        let mut len = word(pos).ok_or("truncated message header")?;
+        pos += 4;
+        if len == -1 {
+            // Continuation marker (IPC format ≥ 0.15), then the length.
+            len = word(pos).ok_or("truncated message header")?;
+            pos += 4;
+        }
+        if len == 0 {
+            return Ok(()); // end-of-stream marker
+        }
+        let remaining = bytes.len() - pos;
+        let len = usize::try_from(len).ok().filter(|&l| l <= remaining).ok_or_else(|| {
+            format!("message at byte {start} declares {len} bytes of metadata but {remaining} remain")
+        })?;
+        let message = arrow_ipc::root_as_message(&bytes[pos..pos + len])
+            .map_err(|e| format!("message at byte {start} has invalid metadata: {e}"))?;
+        pos += len;
+        let remaining = bytes.len() - pos;
+        let body = message.bodyLength();
+        pos += usize::try_from(body).ok().filter(|&b| b <= remaining).ok_or_else(|| {
+            format!("message at byte {start} declares a {body}-byte body but {remaining} bytes remain")
+        })?;
+    }
+    Ok(())
+}
+
 fn arrow_rows(bytes: Vec<u8>, keys: &[String], path: &str) -> Result<(StagedRows, u64), wit::StageError> {
     let invalid = |what: String| wit::StageError::InvalidRows(format!("{path}: {what}"));
+    check_ipc_framing(&bytes).map_err(|e| invalid(format!("not an Arrow IPC stream: {e}")))?;
     let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(&bytes), None)
         .map_err(|e| invalid(format!("not an Arrow IPC stream: {e}")))?;
     let schema = reader.schema();
@@ -394,7 +430,13 @@ mod tests {
             "a.arrow: key column `order_id` is not in the Arrow schema"
         );
         assert_eq!(msg(arrow_rows(arrow_stream(&[Some(1), None]), &["id".into()], "a.arrow")), "a.arrow: key column `id` has nulls");
-        assert!(msg(arrow_rows(b"{\"id\": 1}".to_vec(), &[], "a.arrow")).starts_with("a.arrow: not an Arrow IPC stream"));
+        assert_eq!(
+            msg(arrow_rows(b"{\"id\": 1}".to_vec(), &[], "a.arrow")),
+            "a.arrow: not an Arrow IPC stream: message at byte 0 declares 1684611707 bytes of metadata but 5 remain"
+        );
+        let mut truncated = arrow_stream(&[Some(1)]);
+        truncated.truncate(truncated.len() - 20);
+        assert!(msg(arrow_rows(truncated, &[], "a.arrow")).contains("-byte body but"));
     }
 
     #[test]
