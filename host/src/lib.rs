@@ -18,8 +18,10 @@
 //! | staged table operations and their digest| `output`      |
 //! | the batch log (guest log, stdout/stderr)| `batch_log`   |
 //! | running one batch from a JSONL file     | `exec`        |
+//! | write-ahead offset log and commit log   | [`checkpoint`]|
 
 mod batch_log;
+pub mod checkpoint;
 mod determinism;
 mod error;
 pub mod exec;

@@ -1,0 +1,373 @@
+//! The checkpoint: a write-ahead log of planned batches and a log of
+//! committed ones, in a directory owned by one `sluice` process at a time.
+//!
+//! Guarantees:
+//! - `offsets/N` (the plan of batch N: ranges, digests, seed, timestamp) is
+//!   durable before the sink runs N. A crash after it re-runs N with exactly
+//!   these ranges; a batch is never re-planned.
+//! - `commits/N` is written only after the batch output is in the tables.
+//! - Every file is written to a temporary name, fsynced, renamed into place
+//!   and its directory fsynced, so a crash leaves the old file or the new
+//!   one, never a torn one. Each file carries a SHA-256 of its body; a file
+//!   that fails the check stops the pipeline with the file named. Offsets
+//!   are never reset, skipped or guessed.
+//!
+//! ```text
+//!   offsets/N written ──► sink runs ──► tables committed ──► commits/N written
+//!   restart: last offsets == last commit      → plan N+1
+//!            last offsets == last commit + 1  → re-run that batch as planned
+//!            anything else                     → error, naming the files
+//! ```
+//!
+//! The layout is one small file per key, so an object store with
+//! put-if-absent can replace the directory later.
+
+use crate::records::SourceRange;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+
+/// The first line of every checkpoint file names its format.
+const MAGIC: &str = "sluice-checkpoint/1";
+
+/// Why the checkpoint cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    /// A file or directory could not be read or written.
+    #[error("checkpoint {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// Why.
+        source: io::Error,
+    },
+    /// A file is damaged or inconsistent with the others.
+    #[error(
+        "checkpoint file {path} is corrupt: {reason}. sluice will not guess offsets: restore the \
+         file from a backup, or, to deliberately start over, move the checkpoint directory away"
+    )]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// Another process owns the checkpoint.
+    #[error(
+        "checkpoint {dir} is in use by another sluice process{holder}; \
+         only one `sluice run` may own a checkpoint"
+    )]
+    Locked {
+        /// The checkpoint directory.
+        dir: PathBuf,
+        /// " (pid N)" when known.
+        holder: String,
+    },
+}
+
+/// Result type of checkpoint operations.
+pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+/// The plan of one batch: `offsets/N`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlannedBatch {
+    /// Batch id.
+    pub batch_id: u64,
+    /// Planned timestamp, ms since the Unix epoch (the sink's clock).
+    pub planned_timestamp_ms: i64,
+    /// The source ranges.
+    pub ranges: Vec<SourceRange>,
+    /// SHA-256 of the sink component the batch was planned with.
+    pub component_digest: String,
+    /// SHA-256 of the pipeline config the batch was planned with.
+    pub config_digest: String,
+}
+
+/// A committed batch: `commits/N`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedBatch {
+    /// Batch id.
+    pub batch_id: u64,
+    /// Digest of the batch output that was committed.
+    pub output_digest: String,
+    /// Table → Delta version that holds this batch's output.
+    pub table_versions: BTreeMap<String, i64>,
+}
+
+/// Where a restarted pipeline stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resume {
+    /// The last committed batch, if any.
+    pub last_committed: Option<CommittedBatch>,
+    /// A planned batch that has not been committed: re-run it as planned.
+    pub pending: Option<PlannedBatch>,
+}
+
+/// An open checkpoint directory, exclusively owned while this value lives.
+#[derive(Debug)]
+pub struct Checkpoint {
+    dir: PathBuf,
+    // Holding the file holds the lock; the OS drops it if the process dies.
+    _lock: File,
+}
+
+#[derive(Clone, Copy)]
+enum Log {
+    Offsets,
+    Commits,
+}
+
+impl Log {
+    fn name(self) -> &'static str {
+        match self {
+            Log::Offsets => "offsets",
+            Log::Commits => "commits",
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
+    move |source| CheckpointError::Io { path: path.to_owned(), source }
+}
+
+impl Checkpoint {
+    /// Open (creating if needed) the checkpoint in `dir` and take ownership
+    /// of it. Fails if another process owns it.
+    pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        for log in [Log::Offsets, Log::Commits] {
+            let d = dir.join(log.name());
+            std::fs::create_dir_all(&d).map_err(io_err(&d))?;
+        }
+        let lock_path = dir.join("lock");
+        let mut lock = File::options().create(true).truncate(false).read(true).write(true).open(&lock_path).map_err(io_err(&lock_path))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = std::fs::read_to_string(&lock_path).ok().filter(|p| !p.trim().is_empty());
+                return Err(CheckpointError::Locked {
+                    dir,
+                    holder: holder.map(|p| format!(" (pid {})", p.trim())).unwrap_or_default(),
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
+        }
+        lock.set_len(0).and_then(|()| write!(lock, "{}", std::process::id())).map_err(io_err(&lock_path))?;
+        Ok(Self { dir, _lock: lock })
+    }
+
+    /// The checkpoint directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Durably record the plan of a batch. Call before running its sink.
+    pub fn record_planned(&self, batch: &PlannedBatch) -> Result<()> {
+        self.write(Log::Offsets, batch.batch_id, batch)
+    }
+
+    /// Durably record that a batch is committed. Call after the tables.
+    pub fn record_committed(&self, batch: &CommittedBatch) -> Result<()> {
+        self.write(Log::Commits, batch.batch_id, batch)
+    }
+
+    /// The plan of batch `n`, if recorded.
+    pub fn planned(&self, n: u64) -> Result<Option<PlannedBatch>> {
+        self.read(Log::Offsets, n)
+    }
+
+    /// The commit record of batch `n`, if recorded.
+    pub fn committed(&self, n: u64) -> Result<Option<CommittedBatch>> {
+        self.read(Log::Commits, n)
+    }
+
+    /// Where to resume after a restart. Checks that the two logs agree.
+    pub fn resume(&self) -> Result<Resume> {
+        let last_planned = self.last(Log::Offsets)?;
+        let last_committed = self.last(Log::Commits)?;
+        let corrupt = |log: Log, n: u64, reason: String| CheckpointError::Corrupt { path: self.path(log, n), reason };
+        let Some(p) = last_planned else {
+            return match last_committed {
+                None => Ok(Resume { last_committed: None, pending: None }),
+                Some(c) => Err(corrupt(Log::Commits, c, format!("batch {c} is committed but offsets/{c} is missing"))),
+            };
+        };
+        let last_committed_record = last_committed.map(|c| self.committed(c)).transpose()?.flatten();
+        match last_committed {
+            Some(c) if c == p => Ok(Resume { last_committed: last_committed_record, pending: None }),
+            Some(c) if c > p => {
+                Err(corrupt(Log::Commits, c, format!("batch {c} is committed but the last planned batch is {p}")))
+            }
+            // Batch ids are dense from 0: the only uncommitted plan is the next one.
+            c if p == c.map_or(0, |c| c + 1) => {
+                Ok(Resume { last_committed: last_committed_record, pending: self.planned(p)? })
+            }
+            c => Err(corrupt(
+                Log::Offsets,
+                p,
+                format!(
+                    "batch {p} is planned but the last committed batch is {}; a pipeline plans one batch at a time",
+                    c.map_or("none".to_owned(), |c| c.to_string())
+                ),
+            )),
+        }
+    }
+
+    fn path(&self, log: Log, n: u64) -> PathBuf {
+        self.dir.join(log.name()).join(n.to_string())
+    }
+
+    /// The highest batch id in a log.
+    fn last(&self, log: Log) -> Result<Option<u64>> {
+        let dir = self.dir.join(log.name());
+        let mut last = None;
+        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
+            let entry = entry.map_err(io_err(&dir))?;
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.starts_with('.') {
+                continue; // a temporary file left by a crash mid-write
+            }
+            let Ok(n) = name.parse::<u64>() else {
+                return Err(CheckpointError::Corrupt { path: entry.path(), reason: "unexpected file in the checkpoint".into() });
+            };
+            last = last.max(Some(n));
+        }
+        Ok(last)
+    }
+
+    fn write(&self, log: Log, n: u64, value: &impl Serialize) -> Result<()> {
+        let path = self.path(log, n);
+        let body = serde_json::to_string(value).expect("checkpoint records serialise");
+        let text = format!("{MAGIC} sha256={}\n{body}\n", hex::encode(Sha256::digest(body.as_bytes())));
+        write_durably(&path, text.as_bytes()).map_err(io_err(&path))
+    }
+
+    fn read<T: DeserializeOwned>(&self, log: Log, n: u64) -> Result<Option<T>> {
+        let path = self.path(log, n);
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let corrupt = |reason: String| CheckpointError::Corrupt { path: path.clone(), reason };
+        let text = String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8 text".into()))?;
+        let (header, body) = text.split_once('\n').ok_or_else(|| corrupt("no header line".into()))?;
+        let body = body.strip_suffix('\n').unwrap_or(body);
+        let expected = header
+            .strip_prefix(MAGIC)
+            .and_then(|rest| rest.trim().strip_prefix("sha256="))
+            .ok_or_else(|| corrupt(format!("the first line is not `{MAGIC} sha256=…`")))?;
+        let actual = hex::encode(Sha256::digest(body.as_bytes()));
+        if actual != expected {
+            return Err(corrupt(format!("checksum mismatch (recorded {expected}, content hashes to {actual})")));
+        }
+        let value: T = serde_json::from_str(body).map_err(|e| corrupt(format!("unreadable record: {e}")))?;
+        Ok(Some(value))
+    }
+}
+
+/// Write to a temporary file, fsync, rename over `path`, fsync the directory.
+fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().expect("checkpoint files live in a directory");
+    let name = path.file_name().expect("a file name").to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let mut f = File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)?;
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn planned(n: u64) -> PlannedBatch {
+        PlannedBatch {
+            batch_id: n,
+            planned_timestamp_ms: 1_700_000_000_000 + n as i64,
+            ranges: vec![SourceRange { topic: "orders".into(), partition: 0, start: n as i64 * 10, end: n as i64 * 10 + 10 }],
+            component_digest: "c".repeat(64),
+            config_digest: "f".repeat(64),
+        }
+    }
+
+    fn committed(n: u64) -> CommittedBatch {
+        CommittedBatch { batch_id: n, output_digest: "d".repeat(64), table_versions: [("orders".to_owned(), n as i64)].into() }
+    }
+
+    #[test]
+    fn resume_follows_the_batch_life() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(tmp.path()).unwrap();
+        assert_eq!(cp.resume().unwrap(), Resume { last_committed: None, pending: None });
+        cp.record_planned(&planned(0)).unwrap();
+        assert_eq!(cp.resume().unwrap().pending, Some(planned(0)), "planned, not committed: re-run as planned");
+        cp.record_committed(&committed(0)).unwrap();
+        assert_eq!(cp.resume().unwrap(), Resume { last_committed: Some(committed(0)), pending: None });
+        cp.record_planned(&planned(1)).unwrap();
+        drop(cp);
+        // A restart sees the same thing.
+        let cp = Checkpoint::open(tmp.path()).unwrap();
+        assert_eq!(cp.resume().unwrap(), Resume { last_committed: Some(committed(0)), pending: Some(planned(1)) });
+    }
+
+    #[test]
+    fn a_second_owner_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let _first = Checkpoint::open(tmp.path()).unwrap();
+        let err = Checkpoint::open(tmp.path()).unwrap_err();
+        assert!(matches!(err, CheckpointError::Locked { .. }));
+        assert!(
+            err.to_string().ends_with(&format!(
+                "is in use by another sluice process (pid {}); only one `sluice run` may own a checkpoint",
+                std::process::id()
+            )),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn corruption_names_the_file_and_never_resets() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(tmp.path()).unwrap();
+        cp.record_planned(&planned(0)).unwrap();
+        cp.record_committed(&committed(0)).unwrap();
+        let file = tmp.path().join("commits/0");
+        let text = std::fs::read_to_string(&file).unwrap();
+        std::fs::write(&file, text.replace("\"orders\":0", "\"orders\":7")).unwrap();
+        let err = cp.resume().unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.starts_with(&format!("checkpoint file {} is corrupt: checksum mismatch", file.display())), "{msg}");
+        assert!(msg.ends_with("to deliberately start over, move the checkpoint directory away"), "{msg}");
+        std::fs::write(&file, "").unwrap();
+        assert!(cp.committed(0).unwrap_err().to_string().contains("no header line"));
+    }
+
+    #[test]
+    fn inconsistent_logs_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(tmp.path()).unwrap();
+        cp.record_planned(&planned(3)).unwrap();
+        let err = cp.resume().unwrap_err().to_string();
+        assert!(err.contains("batch 3 is planned but the last committed batch is none"), "{err}");
+        cp.record_committed(&committed(4)).unwrap();
+        let err = cp.resume().unwrap_err().to_string();
+        assert!(err.contains("batch 4 is committed but the last planned batch is 3"), "{err}");
+    }
+
+    #[test]
+    fn leftover_temporary_files_are_ignored() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cp = Checkpoint::open(tmp.path()).unwrap();
+        cp.record_planned(&planned(0)).unwrap();
+        std::fs::write(tmp.path().join("offsets/.1.tmp999"), "half a write").unwrap();
+        assert_eq!(cp.resume().unwrap().pending, Some(planned(0)));
+    }
+}
