@@ -18,6 +18,7 @@
 //! | staged table operations and their digest| `output`      |
 //! | the batch log (guest log, stdout/stderr)| `batch_log`   |
 //! | running one batch from a JSONL file     | `exec`        |
+//! | Kafka: plan batches, fetch exact ranges | [`source`]    |
 //! | write-ahead offset log and commit log   | [`checkpoint`]|
 
 mod batch_log;
@@ -30,6 +31,7 @@ mod output;
 mod records;
 mod runtime;
 mod scratch;
+pub mod source;
 
 pub use batch_log::{Level, LogLine, LogSource};
 pub use error::{BatchError, BatchFailure, ErrorClass, LoadError, Result};

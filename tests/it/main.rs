@@ -7,5 +7,6 @@ mod determinism;
 mod harness;
 mod hostile;
 mod isolation;
+mod kafka_source;
 mod no_ambient_authority;
 mod staging;

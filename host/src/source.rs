@@ -1,0 +1,352 @@
+//! The Kafka source: plans micro-batches and fetches exactly the planned
+//! ranges.
+//!
+//! Guarantees:
+//! - Offsets belong to sluice's checkpoint, not to Kafka: partitions are
+//!   assigned explicitly and nothing is auto-committed.
+//! - A plan is a set of half-open ranges per partition, fixed before the sink
+//!   runs; fetching delivers every record inside them and nothing outside
+//!   (records past a range's end are dropped, gaps from compaction or
+//!   transaction markers are passed over using the consumer position).
+//! - A planned start that retention already deleted is an error naming the
+//!   partition and the lost offsets, unless `on_data_loss = skip`. It is never
+//!   skipped silently.
+//!
+//! ```text
+//!  plan(previous ends) ─► watermarks per partition ─► ranges (≤ max_records in all)
+//!  fetch(ranges) ─► assign at starts ─► poll ─► chunk ─► … ─► every position ≥ end
+//! ```
+
+use crate::records::{ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Where a partition without a checkpointed position starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartingOffsets {
+    /// The oldest retained record.
+    #[default]
+    Earliest,
+    /// Only records produced from now on.
+    Latest,
+}
+
+/// What to do when retention deleted records a plan needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnDataLoss {
+    /// Stop with an error naming the lost range.
+    #[default]
+    Fail,
+    /// Continue from the oldest retained record.
+    Skip,
+}
+
+/// The `[source]` table of a pipeline config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// `bootstrap.servers`.
+    pub bootstrap_servers: String,
+    /// Topics to read, every partition of each.
+    pub topics: Vec<String>,
+    /// Most records in one batch, over all partitions.
+    #[serde(default = "default_max_records")]
+    pub max_records_per_batch: u64,
+    /// Where partitions without a checkpointed position start.
+    #[serde(default)]
+    pub starting_offsets: StartingOffsets,
+    /// What to do about offsets deleted by retention.
+    #[serde(default)]
+    pub on_data_loss: OnDataLoss,
+    /// How long a fetch may go without progress before it fails, in ms.
+    #[serde(default = "default_fetch_timeout_ms")]
+    pub fetch_timeout_ms: u64,
+    /// librdkafka properties, passed through (they override sluice's).
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+fn default_max_records() -> u64 {
+    100_000
+}
+
+fn default_fetch_timeout_ms() -> u64 {
+    30_000
+}
+
+/// The Kafka source failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KafkaSourceError {
+    /// The client could not be created or the cluster could not be reached.
+    #[error("kafka ({bootstrap}): {what}")]
+    Connect {
+        /// `bootstrap.servers`.
+        bootstrap: String,
+        /// What failed.
+        what: String,
+    },
+    /// A configured topic does not exist.
+    #[error("kafka: topic `{0}` does not exist (check source.topics)")]
+    NoSuchTopic(String),
+    /// Retention deleted records that the plan needs.
+    #[error(
+        "kafka: {topic}/{partition}: offsets {start}..{low_watermark} were deleted by retention before \
+         sluice read them; set source.on_data_loss = \"skip\" to continue from offset {low_watermark} \
+         and accept the loss"
+    )]
+    RetentionGap {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The planned start.
+        start: i64,
+        /// The oldest retained offset.
+        low_watermark: i64,
+    },
+    /// A broker request failed.
+    #[error("kafka: {0}")]
+    Request(String),
+}
+
+/// A connected source: the consumer and the partitions of the topics.
+pub struct KafkaSource {
+    config: SourceConfig,
+    consumer: Arc<BaseConsumer>,
+    partitions: Vec<(String, i32)>,
+}
+
+impl KafkaSource {
+    /// Create the consumer and look up every partition of the topics.
+    pub fn connect(config: SourceConfig) -> Result<Self, KafkaSourceError> {
+        let connect_err = |what: String| KafkaSourceError::Connect { bootstrap: config.bootstrap_servers.clone(), what };
+        let mut client = ClientConfig::new();
+        client
+            .set("bootstrap.servers", &config.bootstrap_servers)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("isolation.level", "read_committed")
+            .set("group.id", "sluice");
+        for (k, v) in &config.properties {
+            client.set(k, v);
+        }
+        let consumer: BaseConsumer = client.create().map_err(|e| connect_err(e.to_string()))?;
+        let timeout = Duration::from_millis(config.fetch_timeout_ms);
+        let mut partitions = Vec::new();
+        for topic in &config.topics {
+            let metadata = consumer
+                .fetch_metadata(Some(topic), timeout)
+                .map_err(|e| connect_err(format!("cannot fetch metadata of topic `{topic}`: {e}")))?;
+            let t = metadata.topics().iter().find(|t| t.name() == topic);
+            match t {
+                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
+                    ids.sort_unstable();
+                    partitions.extend(ids.into_iter().map(|p| (topic.clone(), p)));
+                }
+                _ => return Err(KafkaSourceError::NoSuchTopic(topic.clone())),
+            }
+        }
+        Ok(Self { config, consumer: Arc::new(consumer), partitions })
+    }
+
+    /// Every (topic, partition) the source reads, in plan order.
+    pub fn partitions(&self) -> &[(String, i32)] {
+        &self.partitions
+    }
+
+    /// The (low, high) watermarks of a partition.
+    pub fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), KafkaSourceError> {
+        self.consumer
+            .fetch_watermarks(topic, partition, Duration::from_millis(self.config.fetch_timeout_ms))
+            .map_err(|e| KafkaSourceError::Request(format!("watermarks of {topic}/{partition}: {e}")))
+    }
+
+    /// Plan the next batch: for each partition, a range from where the
+    /// previous batch ended (`previous_ends`), up to the high watermark, with
+    /// at most `max_records_per_batch` records in all, shared fairly.
+    pub fn plan(&self, previous_ends: &BTreeMap<(String, i32), i64>) -> Result<Vec<SourceRange>, KafkaSourceError> {
+        let mut spans = Vec::with_capacity(self.partitions.len());
+        for (topic, partition) in &self.partitions {
+            let (low, high) = self.watermarks(topic, *partition)?;
+            let start = match previous_ends.get(&(topic.clone(), *partition)) {
+                Some(&end) => end,
+                None if self.config.starting_offsets == StartingOffsets::Latest => high,
+                None => low,
+            };
+            let start = if start < low {
+                if self.config.on_data_loss == OnDataLoss::Fail {
+                    return Err(KafkaSourceError::RetentionGap {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        start,
+                        low_watermark: low,
+                    });
+                }
+                low
+            } else {
+                start
+            };
+            spans.push((topic.clone(), *partition, start, high.max(start)));
+        }
+        let available: Vec<u64> = spans.iter().map(|&(_, _, start, high)| (high - start) as u64).collect();
+        let takes = share_fairly(&available, self.config.max_records_per_batch);
+        Ok(spans
+            .into_iter()
+            .zip(takes)
+            .map(|((topic, partition, start, _), take)| SourceRange { topic, partition, start, end: start + take as i64 })
+            .collect())
+    }
+
+    /// A record source delivering exactly `ranges`.
+    pub fn fetch(&self, ranges: &[SourceRange]) -> Result<KafkaFetch, KafkaSourceError> {
+        let mut assignment = TopicPartitionList::new();
+        let mut pending = BTreeMap::new();
+        for r in ranges.iter().filter(|r| r.end > r.start) {
+            assignment
+                .add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start))
+                .map_err(|e| KafkaSourceError::Request(e.to_string()))?;
+            pending.insert((r.topic.clone(), r.partition), r.end);
+        }
+        self.consumer.assign(&assignment).map_err(|e| KafkaSourceError::Request(format!("assign: {e}")))?;
+        // A partition paused at the end of the previous batch stays paused
+        // across `assign`.
+        self.consumer.resume(&assignment).map_err(|e| KafkaSourceError::Request(format!("resume: {e}")))?;
+        Ok(KafkaFetch {
+            consumer: self.consumer.clone(),
+            pending,
+            timeout: Duration::from_millis(self.config.fetch_timeout_ms),
+        })
+    }
+}
+
+/// Split `budget` over partitions with `available` records each, so that no
+/// partition gets more than it has and the rest is shared evenly (water
+/// filling: small backlogs are served whole, big ones share what remains).
+fn share_fairly(available: &[u64], budget: u64) -> Vec<u64> {
+    let mut order: Vec<usize> = (0..available.len()).collect();
+    order.sort_by_key(|&i| available[i]);
+    let mut takes = vec![0; available.len()];
+    let mut left = budget;
+    for (served, &i) in order.iter().enumerate() {
+        let share = left / (order.len() - served) as u64;
+        takes[i] = available[i].min(share);
+        left -= takes[i];
+    }
+    // Integer division can leave a few records unassigned: hand them out.
+    for &i in order.iter().rev() {
+        let extra = (available[i] - takes[i]).min(left);
+        takes[i] += extra;
+        left -= extra;
+    }
+    takes
+}
+
+/// Fetches planned ranges; a [`RecordSource`] for the sink runtime.
+pub struct KafkaFetch {
+    consumer: Arc<BaseConsumer>,
+    /// Partitions not yet read to their end → the range's end.
+    pending: BTreeMap<(String, i32), i64>,
+    timeout: Duration,
+}
+
+impl KafkaFetch {
+    fn finish(&mut self, key: &(String, i32)) -> Result<(), SourceError> {
+        self.pending.remove(key);
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&key.0, key.1);
+        // Stop fetching past the range; what was prefetched is dropped below.
+        self.consumer.pause(&tpl).map_err(|e| SourceError::Failed(format!("kafka: pause {}/{}: {e}", key.0, key.1)))
+    }
+
+    /// Partitions whose consumer position passed the end (the last offsets
+    /// were transaction markers or compacted away) are complete.
+    fn finish_by_position(&mut self) -> Result<(), SourceError> {
+        let positions = self.consumer.position().map_err(|e| SourceError::Failed(format!("kafka: position: {e}")))?;
+        let done: Vec<(String, i32)> = self
+            .pending
+            .iter()
+            .filter(|((topic, partition), end)| {
+                positions
+                    .find_partition(topic, *partition)
+                    .and_then(|p| p.offset().to_raw())
+                    .is_some_and(|pos| pos >= **end)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        done.iter().try_for_each(|k| self.finish(k))
+    }
+}
+
+impl RecordSource for KafkaFetch {
+    fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError> {
+        let mut last_progress = Instant::now();
+        while !self.pending.is_empty() {
+            if chunk.is_full() {
+                return Ok(Fill::More);
+            }
+            let message = match self.consumer.poll(Duration::from_millis(100)) {
+                Some(Ok(m)) => m,
+                Some(Err(e)) => return Err(SourceError::Failed(format!("kafka: fetch: {e}"))),
+                None => {
+                    self.finish_by_position()?;
+                    if last_progress.elapsed() > self.timeout {
+                        let waiting: Vec<String> =
+                            self.pending.iter().map(|((t, p), end)| format!("{t}/{p} (up to offset {end})")).collect();
+                        return Err(SourceError::Failed(format!(
+                            "kafka: no progress for {} ms fetching {}",
+                            self.timeout.as_millis(),
+                            waiting.join(", ")
+                        )));
+                    }
+                    continue;
+                }
+            };
+            last_progress = Instant::now();
+            let key = (message.topic().to_owned(), message.partition());
+            let Some(&end) = self.pending.get(&key) else { continue };
+            if message.offset() >= end {
+                self.finish(&key)?;
+                continue;
+            }
+            let headers: Vec<(&str, Option<&[u8]>)> =
+                message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
+            chunk.push(
+                message.topic(),
+                message.partition(),
+                message.offset(),
+                message.timestamp().to_millis().unwrap_or(0),
+                message.key(),
+                message.payload(),
+                headers,
+            )?;
+            if message.offset() + 1 >= end {
+                self.finish(&key)?;
+            }
+        }
+        Ok(Fill::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share_fairly;
+
+    #[test]
+    fn fair_share_serves_small_backlogs_whole_and_splits_the_rest() {
+        assert_eq!(share_fairly(&[5, 100, 100], 65), [5, 30, 30]);
+        assert_eq!(share_fairly(&[0, 0, 7], 100), [0, 0, 7]);
+        let even = share_fairly(&[10, 10, 10], 10);
+        assert_eq!(even.iter().sum::<u64>(), 10, "the whole budget is used");
+        assert!(even.iter().all(|&t| (3..=4).contains(&t)), "{even:?}");
+        assert!(share_fairly(&[], 10).is_empty());
+    }
+}
