@@ -78,9 +78,10 @@ fn retention_gap_is_an_error_naming_the_lost_range_unless_skipping() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("events", 1, 1).unwrap();
     produce(&cluster, "events", 1, 10);
-    // The checkpoint says the next batch starts at offset 2, but the broker's
-    // oldest retained offset is 0 here; a position below it is what
-    // retention leaves behind, so plan from -3 to stand in for "deleted".
+    // A checkpointed position below the oldest retained offset is what
+    // retention leaves behind. The mock cluster cannot delete records (its
+    // DeleteRecords answers UnsupportedFeature), so its low watermark stays
+    // 0 and a position of -3 stands in for "deleted by retention".
     let source = KafkaSource::connect(config(cluster.bootstrap_servers(), "events", 100)).unwrap();
     let stale: BTreeMap<_, _> = [(("events".to_owned(), 0), -3)].into();
     let err = source.plan(&stale).unwrap_err();
