@@ -95,7 +95,7 @@ pub struct CommittedBatch {
     /// Digest of the batch output that was committed.
     pub output_digest: String,
     /// Table → Delta version that holds this batch's output.
-    pub table_versions: BTreeMap<String, i64>,
+    pub table_versions: BTreeMap<String, u64>,
 }
 
 /// Where a restarted pipeline stands.
@@ -299,7 +299,7 @@ mod tests {
     }
 
     fn committed(n: u64) -> CommittedBatch {
-        CommittedBatch { batch_id: n, output_digest: "d".repeat(64), table_versions: [("orders".to_owned(), n as i64)].into() }
+        CommittedBatch { batch_id: n, output_digest: "d".repeat(64), table_versions: [("orders".to_owned(), n)].into() }
     }
 
     #[test]

@@ -20,9 +20,11 @@
 //! | running one batch from a JSONL file     | `exec`        |
 //! | Kafka: plan batches, fetch exact ranges | [`source`]    |
 //! | write-ahead offset log and commit log   | [`checkpoint`]|
+//! | batch output → Delta tables, once       | [`commit`]    |
 
 mod batch_log;
 pub mod checkpoint;
+pub mod commit;
 mod determinism;
 mod error;
 pub mod exec;

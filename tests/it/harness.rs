@@ -120,3 +120,52 @@ impl RecordSource for RendezvousSource {
         self.inner.fill(chunk)
     }
 }
+
+/// A real Kafka-protocol broker process (Tansu, sqlite storage) on a free
+/// loopback port, stopped when dropped. `make test` installs Tansu and sets
+/// `SLUICE_TANSU`; without it the tests that need a broker fail saying so.
+pub struct Broker {
+    child: std::process::Child,
+    bin: String,
+    pub bootstrap: String,
+    _dir: TempDir,
+}
+
+impl Broker {
+    pub fn start() -> Broker {
+        let bin = std::env::var("SLUICE_TANSU").unwrap_or_else(|_| "tansu".into());
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let dir = tempfile::tempdir().unwrap();
+        let log = std::fs::File::create(dir.path().join("broker.log")).unwrap();
+        let child = std::process::Command::new(&bin)
+            .current_dir(dir.path())
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "sqlite://broker.db"])
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start the Kafka broker `{bin}` ({e}); run the tests with `make test`, which installs it"));
+        // Wait (bounded) until the broker accepts connections.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(std::time::Instant::now() < deadline, "broker did not listen on port {port} within 30 s");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Broker { child, bin, bootstrap: format!("127.0.0.1:{port}"), _dir: dir }
+    }
+
+    pub fn create_topic(&self, name: &str, partitions: u32) {
+        let status = std::process::Command::new(&self.bin)
+            .args(["topic", "create", "--broker", &format!("tcp://{}", self.bootstrap), "--partitions", &partitions.to_string(), name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "creating topic {name}");
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -12,8 +12,8 @@ use sluice::{BatchSpec, Limits};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-fn produce(cluster: &MockCluster<'static, rdkafka::producer::DefaultProducerContext>, topic: &str, partitions: i32, n: usize) {
-    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", cluster.bootstrap_servers()).create().unwrap();
+fn produce(bootstrap: &str, topic: &str, partitions: i32, n: usize) {
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
     for i in 0..n {
         let key = format!("k{i}");
         let value = format!("v{i}");
@@ -39,8 +39,21 @@ fn config(bootstrap: String, topic: &str, max_records: u64) -> SourceConfig {
 fn every_record_is_delivered_to_the_sink_exactly_once_in_planned_batches() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("orders", 3, 1).unwrap();
-    produce(&cluster, "orders", 3, 100);
-    let source = KafkaSource::connect(config(cluster.bootstrap_servers(), "orders", 40)).unwrap();
+    deliver_all_exactly_once(&cluster.bootstrap_servers());
+}
+
+#[test]
+fn the_same_against_a_real_broker_process() {
+    let broker = Broker::start();
+    broker.create_topic("orders", 3);
+    deliver_all_exactly_once(&broker.bootstrap);
+}
+
+/// Produce 100 records over 3 partitions, then plan batches of at most 40
+/// and run each through the `append-events` sink.
+fn deliver_all_exactly_once(bootstrap: &str) {
+    produce(bootstrap, "orders", 3, 100);
+    let source = KafkaSource::connect(config(bootstrap.to_owned(), "orders", 40)).unwrap();
     assert_eq!(source.partitions().len(), 3);
 
     let h = harness(Limits { chunk_records: 7, ..Limits::default() });
@@ -77,7 +90,7 @@ fn every_record_is_delivered_to_the_sink_exactly_once_in_planned_batches() {
 fn retention_gap_is_an_error_naming_the_lost_range_unless_skipping() {
     let cluster = MockCluster::new(1).unwrap();
     cluster.create_topic("events", 1, 1).unwrap();
-    produce(&cluster, "events", 1, 10);
+    produce(&cluster.bootstrap_servers(), "events", 1, 10);
     // A checkpointed position below the oldest retained offset is what
     // retention leaves behind. The mock cluster cannot delete records (its
     // DeleteRecords answers UnsupportedFeature), so its low watermark stays

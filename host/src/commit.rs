@@ -1,0 +1,398 @@
+//! The Delta commit: applies a batch output to its tables, exactly once.
+//!
+//! Guarantees:
+//! - One Delta transaction per table per batch, carrying `txn(app_id, N)`
+//!   and, in the commit metadata, the batch's source ranges and output
+//!   digest. Every declared table gets the transaction, even with no rows,
+//!   so "every table is at ≥ N" means "batch N is committed".
+//! - A table whose `txn` version for the app is already ≥ N is skipped: a
+//!   crash between two tables' commits is finished by re-running the
+//!   (deterministic) batch, never applied twice.
+//! - Rows that do not fit the table's schema fail the commit before anything
+//!   is written, naming the table and the column.
+//! - Two writers racing on batch N: Delta's conflict check on the app
+//!   transaction lets one commit win; the loser sees the version and stops.
+
+use crate::output::{BatchOutput, StagedOp, StagedRows, WriteMode};
+use arrow_array::RecordBatch;
+use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
+use deltalake::kernel::transaction::CommitProperties;
+use deltalake::kernel::{DataType, PrimitiveType, StructField, Transaction};
+use deltalake::protocol::SaveMode;
+use deltalake::{DeltaTable, DeltaTableError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::Arc;
+use url::Url;
+
+/// A column type a table can declare.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ColumnType {
+    /// UTF-8 text.
+    String,
+    /// 64-bit integer.
+    Long,
+    /// 32-bit integer.
+    Integer,
+    /// 64-bit float.
+    Double,
+    /// true/false.
+    Boolean,
+}
+
+impl ColumnType {
+    fn arrow(self) -> ArrowType {
+        match self {
+            ColumnType::String => ArrowType::Utf8,
+            ColumnType::Long => ArrowType::Int64,
+            ColumnType::Integer => ArrowType::Int32,
+            ColumnType::Double => ArrowType::Float64,
+            ColumnType::Boolean => ArrowType::Boolean,
+        }
+    }
+
+    fn delta(self) -> DataType {
+        DataType::Primitive(match self {
+            ColumnType::String => PrimitiveType::String,
+            ColumnType::Long => PrimitiveType::Long,
+            ColumnType::Integer => PrimitiveType::Integer,
+            ColumnType::Double => PrimitiveType::Double,
+            ColumnType::Boolean => PrimitiveType::Boolean,
+        })
+    }
+}
+
+/// One column of a table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ColumnConfig {
+    /// Column name.
+    pub name: String,
+    /// Column type.
+    #[serde(rename = "type")]
+    pub data_type: ColumnType,
+    /// Whether nulls are allowed (default true; key columns never are).
+    #[serde(default = "yes")]
+    pub nullable: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// A `[[tables]]` entry of a pipeline config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TableConfig {
+    /// The name sinks stage to.
+    pub name: String,
+    /// The table's directory.
+    pub path: PathBuf,
+    /// The schema, used to create the table and to check rows.
+    pub columns: Vec<ColumnConfig>,
+    /// Key columns (for upserts and reconciliation).
+    #[serde(default)]
+    pub keys: Vec<String>,
+}
+
+impl TableConfig {
+    fn arrow_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns
+                .iter()
+                .map(|c| Field::new(&c.name, c.data_type.arrow(), c.nullable && !self.keys.contains(&c.name)))
+                .collect::<Vec<_>>(),
+        ))
+    }
+}
+
+/// Committing a batch failed. Nothing of the failing table was written.
+#[derive(Debug, thiserror::Error)]
+pub enum CommitError {
+    /// The rows do not fit the table.
+    #[error("table `{table}`: {what}; nothing was committed")]
+    Schema {
+        /// Table.
+        table: String,
+        /// What does not fit.
+        what: String,
+    },
+    /// The sink staged to a table the pipeline does not declare.
+    #[error("batch output stages to undeclared table `{0}`")]
+    UnknownTable(String),
+    /// Delta or the storage under it failed.
+    #[error("table `{table}` at {path}: {source}")]
+    Delta {
+        /// Table.
+        table: String,
+        /// Its directory.
+        path: String,
+        /// Why (boxed: Delta's error type is large).
+        source: Box<DeltaTableError>,
+    },
+}
+
+/// Applies batch outputs to the declared Delta tables.
+pub struct DeltaCommitter {
+    app_id: String,
+    tables: Vec<TableConfig>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl DeltaCommitter {
+    /// A committer writing as `app_id` (the Delta `txn` application id).
+    pub fn new(app_id: impl Into<String>, tables: Vec<TableConfig>) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+        Ok(Self { app_id: app_id.into(), tables, runtime })
+    }
+
+    /// The declared tables.
+    pub fn tables(&self) -> &[TableConfig] {
+        &self.tables
+    }
+
+    /// Create missing tables from their declared schema and check that
+    /// existing ones match it. Returns each table's Delta version.
+    pub fn ensure_tables(&self) -> Result<BTreeMap<String, u64>, CommitError> {
+        self.runtime.block_on(async {
+            let mut versions = BTreeMap::new();
+            for t in &self.tables {
+                let table = open_or_create(t).await?;
+                versions.insert(t.name.clone(), table.version().unwrap_or(0));
+            }
+            Ok(versions)
+        })
+    }
+
+    /// Each table's last committed batch id for this app (its `txn` version).
+    pub fn committed_batches(&self) -> Result<BTreeMap<String, Option<i64>>, CommitError> {
+        self.runtime.block_on(async {
+            let mut out = BTreeMap::new();
+            for t in &self.tables {
+                let table = open_or_create(t).await?;
+                out.insert(t.name.clone(), self.txn_version(t, &table).await?);
+            }
+            Ok(out)
+        })
+    }
+
+    async fn txn_version(&self, t: &TableConfig, table: &DeltaTable) -> Result<Option<i64>, CommitError> {
+        let state = table.snapshot().map_err(delta_err(t))?;
+        state.transaction_version(table.log_store().as_ref(), &self.app_id).await.map_err(delta_err(t))
+    }
+
+    /// Commit `output` to every declared table not already at its batch.
+    /// Returns each table's Delta version holding the batch.
+    pub fn commit(&self, output: &BatchOutput) -> Result<BTreeMap<String, u64>, CommitError> {
+        if let Some(op) = output.ops.iter().find(|op| !self.tables.iter().any(|t| t.name == op.table)) {
+            return Err(CommitError::UnknownTable(op.table.clone()));
+        }
+        // Decode everything first: a bad row fails the batch before any table moves.
+        let mut prepared = Vec::new();
+        for t in &self.tables {
+            let ops: Vec<&StagedOp> = output.ops.iter().filter(|op| op.table == t.name).collect();
+            prepared.push((t, prepare(t, &ops)?));
+        }
+        self.runtime.block_on(async {
+            let mut versions = BTreeMap::new();
+            for (t, write) in prepared {
+                versions.insert(t.name.clone(), self.commit_table(t, write, output).await?);
+            }
+            Ok(versions)
+        })
+    }
+
+    async fn commit_table(&self, t: &TableConfig, write: Prepared, output: &BatchOutput) -> Result<u64, CommitError> {
+        let batch_id = output.batch.batch_id as i64;
+        let table = open_or_create(t).await?;
+        if self.txn_version(t, &table).await?.is_some_and(|v| v >= batch_id) {
+            return Ok(table.version().unwrap_or(0));
+        }
+        let metadata = serde_json::json!({
+            "pipeline_id": output.batch.pipeline_id,
+            "batch_id": output.batch.batch_id,
+            "ranges": output.batch.ranges,
+            "output_digest": output.digest,
+        });
+        let props = CommitProperties::default()
+            .with_application_transaction(Transaction::new(&self.app_id, batch_id))
+            .with_metadata([("sluice".to_owned(), metadata)]);
+        let table = match write {
+            Prepared::Append(batches) => table
+                .write(batches)
+                .with_save_mode(SaveMode::Append)
+                .with_commit_properties(props)
+                .await
+                .map_err(delta_err(t))?,
+            Prepared::Upsert { keys, batches } => {
+                let ctx = deltalake::datafusion::prelude::SessionContext::new();
+                let source = ctx.read_batches(batches).map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
+                let predicate = keys.iter().map(|k| format!("target.`{k}` = source.`{k}`")).collect::<Vec<_>>().join(" AND ");
+                let columns: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
+                let (table, _metrics) = table
+                    .merge(source, predicate)
+                    .with_source_alias("source")
+                    .with_target_alias("target")
+                    .when_matched_update(|u| columns.iter().fold(u, |u, c| u.update(format!("`{c}`"), format!("source.`{c}`"))))
+                    .and_then(|m| {
+                        m.when_not_matched_insert(|i| columns.iter().fold(i, |i, c| i.set(format!("`{c}`"), format!("source.`{c}`"))))
+                    })
+                    .map_err(delta_err(t))?
+                    .with_commit_properties(props)
+                    .await
+                    .map_err(delta_err(t))?;
+                table
+            }
+        };
+        Ok(table.version().unwrap_or(0))
+    }
+}
+
+fn delta_err(t: &TableConfig) -> impl FnOnce(DeltaTableError) -> CommitError + '_ {
+    move |source| CommitError::Delta { table: t.name.clone(), path: t.path.display().to_string(), source: Box::new(source) }
+}
+
+fn table_url(t: &TableConfig) -> Result<Url, CommitError> {
+    let path = std::path::absolute(&t.path).map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
+    std::fs::create_dir_all(&path).map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
+    Url::from_directory_path(&path)
+        .map_err(|()| CommitError::Schema { table: t.name.clone(), what: format!("path {} is not a usable directory", path.display()) })
+}
+
+/// Open the table, creating it from the declared schema if it does not
+/// exist, and check that an existing table has that schema.
+async fn open_or_create(t: &TableConfig) -> Result<DeltaTable, CommitError> {
+    let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
+    if table.version().is_none() {
+        let columns: Vec<StructField> = t
+            .columns
+            .iter()
+            .map(|c| StructField::new(c.name.clone(), c.data_type.delta(), c.nullable && !t.keys.contains(&c.name)))
+            .collect();
+        return table.create().with_table_name(&t.name).with_columns(columns).await.map_err(delta_err(t));
+    }
+    let actual = table.snapshot().map_err(delta_err(t))?.snapshot().arrow_schema();
+    let expected = t.arrow_schema();
+    for field in expected.fields() {
+        match actual.field_with_name(field.name()) {
+            Err(_) => {
+                return Err(CommitError::Schema {
+                    table: t.name.clone(),
+                    what: format!("the existing table has no column `{}` (declared {:?})", field.name(), field.data_type()),
+                });
+            }
+            Ok(f) if f.data_type() != field.data_type() => {
+                return Err(CommitError::Schema {
+                    table: t.name.clone(),
+                    what: format!(
+                        "column `{}` is {:?} in the existing table but declared {:?}",
+                        field.name(),
+                        f.data_type(),
+                        field.data_type()
+                    ),
+                });
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(table)
+}
+
+/// What one table's transaction writes.
+enum Prepared {
+    Append(Vec<RecordBatch>),
+    Upsert { keys: Vec<String>, batches: Vec<RecordBatch> },
+}
+
+fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> {
+    let schema_err = |what: String| CommitError::Schema { table: t.name.clone(), what };
+    let schema = t.arrow_schema();
+    let modes: Vec<&WriteMode> = ops.iter().map(|op| &op.mode).collect();
+    if modes.windows(2).any(|w| w[0] != w[1]) {
+        return Err(schema_err("a batch must stage either appends or upserts on the same keys to a table, not a mix".into()));
+    }
+    let mut batches = Vec::new();
+    match modes.first() {
+        None | Some(WriteMode::Append) => {
+            for op in ops {
+                batches.extend(decode(&op.rows, &schema).map_err(schema_err)?);
+            }
+            if batches.is_empty() {
+                // No rows for this table: still commit, so the transaction
+                // records that the table has seen this batch.
+                batches.push(RecordBatch::new_empty(schema));
+            }
+            Ok(Prepared::Append(batches))
+        }
+        Some(WriteMode::Upsert { keys }) => {
+            if let Some(k) = keys.iter().find(|k| !t.columns.iter().any(|c| &c.name == *k)) {
+                return Err(schema_err(format!("upsert key `{k}` is not a column")));
+            }
+            for op in ops {
+                let rows = match &op.rows {
+                    // Within a batch the last row for a key wins; MERGE wants
+                    // one source row per key.
+                    StagedRows::JsonLines(b) => StagedRows::JsonLines(last_per_key(b, keys)),
+                    other => other.clone(),
+                };
+                batches.extend(decode(&rows, &schema).map_err(schema_err)?);
+            }
+            Ok(Prepared::Upsert { keys: keys.clone(), batches })
+        }
+    }
+}
+
+/// Keep the last row of each key, in first-seen key order.
+fn last_per_key(ndjson: &[u8], keys: &[String]) -> Vec<u8> {
+    let mut order: Vec<String> = Vec::new();
+    let mut last: HashMap<String, &[u8]> = HashMap::new();
+    for line in ndjson.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let value: serde_json::Value = serde_json::from_slice(line).expect("staged rows are canonical JSON");
+        let key = keys.iter().map(|k| value[k].to_string()).collect::<Vec<_>>().join("\u{1f}");
+        if last.insert(key.clone(), line).is_none() {
+            order.push(key);
+        }
+    }
+    let mut out = Vec::with_capacity(ndjson.len());
+    for k in order {
+        out.extend_from_slice(last[&k]);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Rows as Arrow record batches of the table's schema.
+fn decode(rows: &StagedRows, schema: &SchemaRef) -> Result<Vec<RecordBatch>, String> {
+    match rows {
+        StagedRows::JsonLines(b) => {
+            let reader = arrow_json::ReaderBuilder::new(schema.clone())
+                .with_strict_mode(true)
+                .build(std::io::Cursor::new(b))
+                .map_err(|e| format!("rows do not fit the schema: {e}"))?;
+            reader.collect::<Result<Vec<_>, _>>().map_err(|e| format!("rows do not fit the schema: {e}"))
+        }
+        StagedRows::ArrowIpc(b) => {
+            let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(b), None)
+                .map_err(|e| format!("Arrow rows unreadable: {e}"))?;
+            let mut out = Vec::new();
+            for batch in reader {
+                let batch = batch.map_err(|e| format!("Arrow rows unreadable: {e}"))?;
+                let columns = schema
+                    .fields()
+                    .iter()
+                    .map(|f| {
+                        let col = batch.column_by_name(f.name()).ok_or_else(|| format!("Arrow rows lack column `{}`", f.name()))?;
+                        if col.data_type() != f.data_type() {
+                            return Err(format!("Arrow column `{}` is {:?}, the table has {:?}", f.name(), col.data_type(), f.data_type()));
+                        }
+                        Ok(col.clone())
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| format!("Arrow rows do not fit: {e}"))?);
+            }
+            Ok(out)
+        }
+    }
+}

@@ -1,0 +1,162 @@
+//! Batch outputs land in Delta tables exactly once: appends and upserts,
+//! `txn(app_id, batch)` makes a repeated commit a no-op, schema problems fail
+//! before anything is written, and racing writers commit a batch once.
+
+use crate::harness::*;
+use serde_json::Value;
+use sluice::commit::{ColumnConfig, ColumnType, CommitError, DeltaCommitter, TableConfig};
+use sluice::{BatchOutput, Limits};
+use std::path::Path;
+
+fn col(name: &str, data_type: ColumnType) -> ColumnConfig {
+    ColumnConfig { name: name.into(), data_type, nullable: true }
+}
+
+fn orders_table(dir: &Path) -> TableConfig {
+    TableConfig {
+        name: "orders".into(),
+        path: dir.join("orders"),
+        columns: vec![
+            col("order_id", ColumnType::String),
+            col("customer", ColumnType::String),
+            col("amount_cents", ColumnType::Long),
+            col("status", ColumnType::String),
+            col("updated_at_ms", ColumnType::Long),
+            col("source_offset", ColumnType::Long),
+        ],
+        keys: vec!["order_id".into()],
+    }
+}
+
+fn events_table(dir: &Path) -> TableConfig {
+    TableConfig {
+        name: "events".into(),
+        path: dir.join("events"),
+        columns: vec![
+            col("topic", ColumnType::String),
+            col("partition", ColumnType::Integer),
+            col("offset", ColumnType::Long),
+            col("timestamp_ms", ColumnType::Long),
+            col("key", ColumnType::String),
+            col("value", ColumnType::String),
+        ],
+        keys: vec![],
+    }
+}
+
+/// Rows of a Delta table, read back through DataFusion SQL, ordered.
+fn read_table(path: &Path, order_by: &str) -> Vec<Value> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let url = url::Url::from_directory_path(std::path::absolute(path).unwrap()).unwrap();
+        let table = deltalake::open_table(url).await.unwrap();
+        let ctx = deltalake::datafusion::prelude::SessionContext::new();
+        table.update_datafusion_session(&ctx.state()).unwrap();
+        ctx.register_table("t", table.table_provider().await.unwrap()).unwrap();
+        let batches = ctx.sql(&format!("SELECT * FROM t ORDER BY {order_by}")).await.unwrap().collect().await.unwrap();
+        let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+        for b in &batches {
+            writer.write(b).unwrap();
+        }
+        writer.finish().unwrap();
+        let bytes = writer.into_inner();
+        if bytes.is_empty() { Vec::new() } else { serde_json::from_slice(&bytes).unwrap() }
+    })
+}
+
+fn order(id: &str, status: &str) -> String {
+    format!(r#"{{"order_id":"{id}","customer":"c","amount_cents":100,"status":"{status}"}}"#)
+}
+
+fn orders_batch(h: &Harness, batch_id: u64, orders: &[String]) -> BatchOutput {
+    let values: Vec<&str> = orders.iter().map(String::as_str).collect();
+    run(&h.load("orders-upsert"), batch_id, &values).unwrap()
+}
+
+#[test]
+fn upserts_merge_on_the_key_and_a_repeated_commit_is_a_no_op() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(Limits::default());
+    let committer = DeltaCommitter::new("pipeline-1", vec![orders_table(dir.path())]).unwrap();
+    committer.ensure_tables().unwrap();
+
+    let b0 = orders_batch(&h, 0, &[order("o-1", "new"), order("o-2", "new")]);
+    let v0 = committer.commit(&b0).unwrap()["orders"];
+    let b1 = orders_batch(&h, 1, &[order("o-1", "paid"), order("o-3", "new"), order("o-3", "shipped")]);
+    let v1 = committer.commit(&b1).unwrap()["orders"];
+    assert!(v1 > v0);
+    let rows = read_table(&dir.path().join("orders"), "order_id");
+    let statuses: Vec<(&str, &str)> = rows.iter().map(|r| (r["order_id"].as_str().unwrap(), r["status"].as_str().unwrap())).collect();
+    assert_eq!(statuses, [("o-1", "paid"), ("o-2", "new"), ("o-3", "shipped")]);
+
+    // A crash after the Delta commit and before the commit log: the batch
+    // is committed again. txn(app, 1) makes it a no-op.
+    assert_eq!(committer.commit(&b1).unwrap()["orders"], v1);
+    assert_eq!(read_table(&dir.path().join("orders"), "order_id"), rows);
+    assert_eq!(committer.committed_batches().unwrap()["orders"], Some(1));
+}
+
+#[test]
+fn appends_land_once_and_every_declared_table_records_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(Limits::default());
+    let committer = DeltaCommitter::new("p", vec![events_table(dir.path()), orders_table(dir.path())]).unwrap();
+    let out = run(&h.load("append-events"), 0, &["a", "b", "c"]).unwrap();
+    committer.commit(&out).unwrap();
+    committer.commit(&out).unwrap();
+    let rows = read_table(&dir.path().join("events"), "\"offset\"");
+    assert_eq!(rows.iter().map(|r| r["value"].as_str().unwrap()).collect::<Vec<_>>(), ["a", "b", "c"]);
+    // `orders` got no rows, yet it is at batch 0 too.
+    let at = committer.committed_batches().unwrap();
+    assert_eq!((at["events"], at["orders"]), (Some(0), Some(0)));
+}
+
+#[test]
+fn rows_that_do_not_fit_commit_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(Limits::default());
+    let mut table = orders_table(dir.path());
+    table.columns.retain(|c| c.name != "status");
+    let committer = DeltaCommitter::new("p", vec![table]).unwrap();
+    let before = committer.ensure_tables().unwrap()["orders"];
+    let err = committer.commit(&orders_batch(&h, 0, &[order("o-1", "new")])).unwrap_err();
+    assert!(matches!(err, CommitError::Schema { .. }), "{err}");
+    assert!(err.to_string().starts_with("table `orders`: rows do not fit the schema"), "{err}");
+    assert!(err.to_string().contains("status"), "names the column: {err}");
+    assert_eq!(committer.ensure_tables().unwrap()["orders"], before, "nothing was committed");
+    assert_eq!(committer.committed_batches().unwrap()["orders"], None);
+}
+
+#[test]
+fn an_existing_table_with_another_schema_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    DeltaCommitter::new("p", vec![orders_table(dir.path())]).unwrap().ensure_tables().unwrap();
+    let mut changed = orders_table(dir.path());
+    changed.columns[2].data_type = ColumnType::String;
+    let err = DeltaCommitter::new("p", vec![changed]).unwrap().ensure_tables().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "table `orders`: column `amount_cents` is Int64 in the existing table but declared Utf8; nothing was committed"
+    );
+}
+
+#[test]
+fn two_writers_racing_on_a_batch_commit_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(Limits::default());
+    let out = run(&h.load("append-events"), 0, &["x", "y"]).unwrap();
+    DeltaCommitter::new("p", vec![events_table(dir.path())]).unwrap().ensure_tables().unwrap();
+    let results: Vec<_> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..2)
+            .map(|_| {
+                let out = out.clone();
+                let table = events_table(dir.path());
+                s.spawn(move || DeltaCommitter::new("p", vec![table]).unwrap().commit(&out).map(|_| ()))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(results.iter().any(Result::is_ok), "{results:?}");
+    let rows = read_table(&dir.path().join("events"), "\"offset\"");
+    assert_eq!(rows.len(), 2, "batch 0 landed exactly once: {rows:?} ({results:?})");
+}
