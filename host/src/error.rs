@@ -124,6 +124,9 @@ pub enum BatchError {
         /// Why.
         source: std::io::Error,
     },
+    /// Every sandbox slot is taken by other running batches.
+    #[error("no free sandbox slot: {0}; retry when a batch finishes, or raise max_concurrent_batches")]
+    Capacity(String),
     /// A sluice bug or a wasmtime failure not caused by the sink.
     #[error("internal error: {0}")]
     Internal(String),
@@ -141,7 +144,7 @@ impl BatchError {
             | BatchError::SinkFailed(_)
             | BatchError::Limit(_)
             | BatchError::Trap { .. } => ErrorClass::User,
-            BatchError::Source(_) | BatchError::Scratch { .. } => ErrorClass::External,
+            BatchError::Source(_) | BatchError::Scratch { .. } | BatchError::Capacity(_) => ErrorClass::External,
             BatchError::Internal(_) => ErrorClass::Internal,
         }
     }
@@ -155,7 +158,9 @@ impl BatchError {
         match self {
             BatchError::InvalidInput(_) | BatchError::Trap { .. } | BatchError::Internal(_) => false,
             BatchError::Limit(e) => e.limit == Limit::DeadlineMs,
-            BatchError::SinkFailed(_) | BatchError::Source(_) | BatchError::Scratch { .. } => true,
+            BatchError::SinkFailed(_) | BatchError::Source(_) | BatchError::Scratch { .. } | BatchError::Capacity(_) => {
+                true
+            }
         }
     }
 

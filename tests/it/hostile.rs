@@ -117,3 +117,41 @@ fn hostile_batches_in_parallel_do_not_disturb_a_good_one() {
         }
     });
 }
+
+/// Holds its batch inside the sink until told to let go.
+struct HeldSource {
+    inner: sluice::VecSource,
+    started: std::sync::mpsc::Sender<()>,
+    release: std::sync::mpsc::Receiver<()>,
+}
+
+impl sluice::RecordSource for HeldSource {
+    fn fill(&mut self, chunk: &mut sluice::ChunkBuilder) -> Result<sluice::Fill, sluice::SourceError> {
+        let _ = self.started.send(());
+        let _ = self.release.recv();
+        self.inner.fill(chunk)
+    }
+}
+
+#[test]
+fn a_full_instance_pool_is_a_retryable_capacity_error() {
+    let h = harness_with(small_limits(), |b| b.with_max_concurrent_batches(1));
+    let sink = h.load("hostile");
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (release, release_rx) = std::sync::mpsc::channel();
+    std::thread::scope(|s| {
+        let held = s.spawn(|| {
+            let recs = records(&["ok"]);
+            let source = HeldSource { inner: sluice::VecSource::new(recs.clone()), started: started_tx, release: release_rx };
+            sink.run(&spec("p", 1, &recs), 1, Box::new(source))
+        });
+        started.recv().unwrap(); // batch 1 is inside its instance
+        let err = run(&sink, 2, &["ok"]).unwrap_err();
+        assert!(matches!(err.error, BatchError::Capacity(_)), "{err}");
+        assert!(err.error.retryable() && err.error.class() == sluice::ErrorClass::External);
+        assert!(err.to_string().contains("raise max_concurrent_batches"), "{err}");
+        release.send(()).unwrap();
+        held.join().unwrap().expect("the held batch finishes normally");
+    });
+    run(&sink, 3, &["ok"]).expect("the slot is free again");
+}

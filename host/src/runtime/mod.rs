@@ -35,7 +35,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 use wasmtime::component::{HasSelf, Linker};
-use wasmtime::{Store, Trap};
+use wasmtime::{PoolConcurrencyLimitError, Store, Trap};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
 /// Configures a [`Runtime`].
@@ -299,7 +299,10 @@ impl Sink {
                 .collect(),
         };
         let start = Instant::now();
-        let instance = self.pre.instantiate(&mut *store).map_err(|e| BatchError::Internal(format!("instantiating the sink: {e:#}")))?;
+        let instance = self.pre.instantiate(&mut *store).map_err(|e| match e.downcast_ref::<PoolConcurrencyLimitError>() {
+            Some(full) => BatchError::Capacity(full.to_string()),
+            None => BatchError::Internal(format!("instantiating the sink: {e:#}")),
+        })?;
         let stream = store.data_mut().table.push(RecordStream).map_err(|e| BatchError::Internal(e.to_string()))?;
         timings.instantiate = start.elapsed();
         let start = Instant::now();
