@@ -167,6 +167,7 @@ impl DeltaCommitter {
     }
 
     /// Each table's last committed batch id for this app (its `txn` version).
+    /// Like [`ensure_tables`](Self::ensure_tables), creates missing tables.
     pub fn committed_batches(&self) -> Result<BTreeMap<String, Option<i64>>, CommitError> {
         self.runtime.block_on(async {
             let mut out = BTreeMap::new();
