@@ -8,6 +8,9 @@ GUESTS := $(TARGET_DIR)/guests/wasm32-wasip2/release
 TOOLS := $(or $(SLUICE_TOOLS_DIR),$(HOME)/.cache/sluice-ci/tools)
 # The Kafka-protocol broker of the integration tests (no JVM Kafka here).
 TANSU := $(TOOLS)/bin/tansu
+# The independent Delta reader of the tests: Python deltalake in a venv.
+READER_VENV := $(TOOLS)/delta-reader
+PYTHON := $(READER_VENV)/bin/python
 
 .PHONY: setup demo test bench bench-smoke
 
@@ -20,16 +23,22 @@ setup:
 $(TANSU):
 	cargo install tansu@0.6.0 --locked --features libsql --root $(TOOLS)
 
-# Run the example upsert sink over a sample batch (builds everything first).
+$(READER_VENV)/.installed: tests/reader/requirements.txt
+	python3 -m venv $(READER_VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r tests/reader/requirements.txt
+	touch $@
+
+# The embedded demo: Kafka (in-process mock cluster) → the example upsert
+# sink → a local Delta table in ./sluice-demo (builds everything first).
 demo: setup
 	cargo build --release --locked
-	$(TARGET_DIR)/release/sluice exec --component $(GUESTS)/orders_upsert.wasm \
-		--records examples/orders-upsert/sample-batch.jsonl --batch-id 1 --rows
+	$(TARGET_DIR)/release/sluice demo --dir sluice-demo
 
 # The test suite: unit tests and the integration suite in tests/it, which
-# starts its own broker processes from $(TANSU).
-test: setup $(TANSU)
-	SLUICE_TANSU=$(TANSU) cargo test --release --locked
+# starts its own broker processes from $(TANSU) and reads Delta tables back
+# with an independent reader (Python deltalake, $(PYTHON)).
+test: setup $(TANSU) $(READER_VENV)/.installed
+	SLUICE_TANSU=$(TANSU) SLUICE_PYTHON=$(PYTHON) cargo test --release --locked
 
 # Benchmarks, printing figures (not run as tests).
 bench: setup

@@ -3,11 +3,15 @@
 
 mod bad_components;
 mod cli;
+mod crash;
 mod delta_commit;
 mod determinism;
 mod harness;
 mod hostile;
 mod isolation;
+mod kafka_faults;
 mod kafka_source;
 mod no_ambient_authority;
+mod pipeline_run;
+mod seed_incident;
 mod staging;
