@@ -93,7 +93,7 @@ fn run_once(config: &Path, failpoint: Option<&str>, kill_after: Option<Duration>
 fn kill_minus_9_at_every_step_and_at_random_then_every_id_is_in_every_table_exactly_once() {
     let broker = Broker::start();
     broker.create_topic("events", 3);
-    let ids: Vec<String> = (0..600).map(|i| format!("id-{i:05}")).collect();
+    let ids: Vec<String> = (0..1200).map(|i| format!("id-{i:05}")).collect();
     produce(&broker.bootstrap, "events", 3, &ids);
     let dir = tempfile::tempdir().unwrap();
     let config = fan_out_config(dir.path(), &broker.bootstrap, "events", 40, "");
@@ -117,7 +117,7 @@ fn kill_minus_9_at_every_step_and_at_random_then_every_id_is_in_every_table_exac
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let after = Duration::from_millis(50 + seed % 400);
+        let after = Duration::from_millis(30 + seed % 300);
         let (outcome, stderr) = run_once(&config, None, Some(after));
         runs += 1;
         match outcome {
@@ -144,13 +144,13 @@ fn kill_minus_9_at_every_step_and_at_random_then_every_id_is_in_every_table_exac
         assert!(dupes.is_empty(), "table {table}: ids not exactly once: {dupes:?}");
         assert!(missing.is_empty(), "table {table}: missing ids: {missing:?}");
         assert_eq!(counts.len(), ids.len(), "table {table}: no foreign ids");
-        // Batches of at most 40 over 600 records: the last batch id is the
+        // Batches of at most 40 over 1200 records: the last batch id is the
         // table's txn version, with no batch skipped.
-        assert_eq!(read.txn, Some(14), "table {table}: 15 batches, ids 0..=14");
+        assert_eq!(read.txn, Some(29), "table {table}: 30 batches, ids 0..=29");
     }
     let audit = read_delta(&dir.path().join("tables/audit"), "fan-out");
     let mut batches: Vec<i64> = audit.rows.iter().map(|r| r["batch_id"].as_i64().unwrap()).collect();
     batches.sort_unstable();
     batches.dedup();
-    assert_eq!(batches, (0..15).collect::<Vec<_>>(), "every batch id 0..=14 holds rows");
+    assert_eq!(batches, (0..30).collect::<Vec<_>>(), "every batch id 0..=29 holds rows");
 }
