@@ -43,7 +43,9 @@ test: setup $(TANSU) $(READER_VENV)/.installed
 # Benchmarks, printing figures (not run as tests).
 bench: setup
 	cargo bench --locked --bench runtime
+	cargo bench --locked --bench pipeline
 
 # The benchmarks at a tiny size, to check they still run.
 bench-smoke: setup
 	SLUICE_BENCH_RECORDS=20000 cargo bench --locked --bench runtime
+	SLUICE_BENCH_RECORDS=20000 cargo bench --locked --bench pipeline

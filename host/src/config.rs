@@ -310,6 +310,16 @@ fuel = 1000
     }
 
     #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/orders-upsert/pipeline.toml"));
+        let c = PipelineConfig::load(path).unwrap();
+        assert!(c.pipeline.component.ends_with("target/guests/wasm32-wasip2/release/orders_upsert.wasm"));
+        assert_eq!(c.source.properties["client.id"], "sluice-orders");
+        assert_eq!(c.limits, Limits::default(), "the example shows default limits");
+        assert_eq!(c.tables[0].keys, ["order_id"]);
+    }
+
+    #[test]
     fn relative_paths_follow_the_config_file() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("p.toml");

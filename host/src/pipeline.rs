@@ -110,6 +110,8 @@ pub struct BatchReport {
     pub attempts: u32,
     /// Found already committed after a restart: the sink was not run.
     pub already_committed: bool,
+    /// Time checking the tables for the batch before running the sink.
+    pub check: Duration,
     /// Time in the sink, all attempts.
     pub sink: Duration,
     /// Time committing to Delta.
@@ -353,6 +355,7 @@ impl Pipeline {
         let n = planned.batch_id;
         let commit_err = |source| PipelineError::Commit { batch_id: n, source };
         let txns = self.committer.committed_batches().map_err(commit_err)?;
+        let check = started.elapsed();
         let holding = |v: &Option<i64>| v.is_some_and(|v| v >= n as i64);
         let (done, todo): (Vec<_>, Vec<_>) = txns.iter().partition(|(_, v)| holding(v));
 
@@ -369,6 +372,7 @@ impl Pipeline {
                 bytes: 0,
                 attempts: 0,
                 already_committed: true,
+                check,
                 sink: Duration::ZERO,
                 commit: Duration::ZERO,
                 total: started.elapsed(),
@@ -399,6 +403,7 @@ impl Pipeline {
                 bytes: output.record_bytes_in,
                 attempts,
                 already_committed: false,
+                check,
                 sink: sink_time,
                 commit,
                 total: started.elapsed(),
