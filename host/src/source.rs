@@ -206,8 +206,9 @@ impl KafkaSource {
     ) -> Result<Vec<SourceRange>, KafkaSourceError> {
         let mut spans = Vec::with_capacity(self.partitions.len());
         let mut highs = BTreeMap::new();
+        let all = self.all_watermarks()?;
         for (topic, partition) in &self.partitions {
-            let (low, high) = self.watermarks(topic, *partition)?;
+            let (low, high) = all[&(topic.clone(), *partition)];
             highs.insert((topic.clone(), *partition), high);
             let start = match previous_ends.get(&(topic.clone(), *partition)) {
                 Some(&end) => end,
@@ -242,7 +243,51 @@ impl KafkaSource {
 
     /// The high watermark of every partition.
     pub fn high_watermarks(&self) -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
-        self.partitions.iter().map(|(t, p)| Ok(((t.clone(), *p), self.watermarks(t, *p)?.1))).collect()
+        Ok(self.all_watermarks()?.into_iter().map(|(k, (_, high))| (k, high)).collect())
+    }
+
+    /// The (low, high) watermarks of every partition, in two ListOffsets
+    /// requests per broker rather than two per partition: with many
+    /// partitions, asking one by one dominated the cost of planning a batch.
+    fn all_watermarks(&self) -> Result<BTreeMap<(String, i32), (i64, i64)>, KafkaSourceError> {
+        let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
+        let ask = |which: Offset, what: &str| -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
+            let mut tpl = TopicPartitionList::new();
+            for (t, p) in &self.partitions {
+                tpl.add_partition_offset(t, *p, which).map_err(|e| KafkaSourceError::Request(e.to_string()))?;
+            }
+            let answer = self
+                .consumer
+                .offsets_for_times(tpl, timeout)
+                .map_err(|e| KafkaSourceError::Request(format!("{what} watermarks: {e}")))?;
+            let mut out = BTreeMap::new();
+            for e in answer.elements() {
+                let offset = match (e.error(), e.offset().to_raw()) {
+                    (Ok(()), Some(o)) if o >= 0 => o,
+                    (Err(err), _) => {
+                        return Err(KafkaSourceError::Request(format!("{what} watermark of {}/{}: {err}", e.topic(), e.partition())));
+                    }
+                    (_, o) => {
+                        return Err(KafkaSourceError::Request(format!(
+                            "{what} watermark of {}/{}: no offset ({o:?})",
+                            e.topic(),
+                            e.partition()
+                        )));
+                    }
+                };
+                out.insert((e.topic().to_owned(), e.partition()), offset);
+            }
+            Ok(out)
+        };
+        let lows = ask(Offset::Beginning, "low")?;
+        let highs = ask(Offset::End, "high")?;
+        self.partitions
+            .iter()
+            .map(|k| {
+                let missing = || KafkaSourceError::Request(format!("no watermarks for {}/{}", k.0, k.1));
+                Ok((k.clone(), (*lows.get(k).ok_or_else(missing)?, *highs.get(k).ok_or_else(missing)?)))
+            })
+            .collect()
     }
 
     /// The high watermarks seen by the last plan.
@@ -268,19 +313,49 @@ impl KafkaSource {
     }
 
     /// A record source delivering exactly `ranges`.
+    ///
+    /// Partitions stay assigned across batches: one seen for the first time
+    /// is added at its planned start, one already assigned is moved there
+    /// with a seek (which also drops anything prefetched), and assigned
+    /// partitions outside the plan are paused. Replacing the assignment every
+    /// batch instead tripped an assertion inside librdkafka when a batch
+    /// ended before its partitions had started fetching.
     pub fn fetch(&self, ranges: &[SourceRange]) -> Result<KafkaFetch, KafkaSourceError> {
-        let mut assignment = TopicPartitionList::new();
+        let request = |what: &'static str| move |e: rdkafka::error::KafkaError| KafkaSourceError::Request(format!("{what}: {e}"));
+        let assigned = self.consumer.assignment().map_err(request("assignment"))?;
+        let is_assigned = |t: &str, p: i32| assigned.find_partition(t, p).is_some();
+        let (mut add, mut seek, mut wanted, mut idle) =
+            (TopicPartitionList::new(), TopicPartitionList::new(), TopicPartitionList::new(), TopicPartitionList::new());
         let mut pending = BTreeMap::new();
         for r in ranges.iter().filter(|r| r.end > r.start) {
-            assignment
-                .add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start))
-                .map_err(|e| KafkaSourceError::Request(e.to_string()))?;
+            let list = if is_assigned(&r.topic, r.partition) { &mut seek } else { &mut add };
+            list.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start)).map_err(request("plan"))?;
+            wanted.add_partition(&r.topic, r.partition);
             pending.insert((r.topic.clone(), r.partition), r.end);
         }
-        self.consumer.assign(&assignment).map_err(|e| KafkaSourceError::Request(format!("assign: {e}")))?;
-        // A partition paused at the end of the previous batch stays paused
-        // across `assign`.
-        self.consumer.resume(&assignment).map_err(|e| KafkaSourceError::Request(format!("resume: {e}")))?;
+        for e in assigned.elements() {
+            if !pending.contains_key(&(e.topic().to_owned(), e.partition())) {
+                idle.add_partition(e.topic(), e.partition());
+            }
+        }
+        if idle.count() > 0 {
+            self.consumer.pause(&idle).map_err(request("pause"))?;
+        }
+        if add.count() > 0 {
+            self.consumer.incremental_assign(&add).map_err(request("assign"))?;
+        }
+        if seek.count() > 0 {
+            let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
+            let result = self.consumer.seek_partitions(seek, timeout).map_err(request("seek"))?;
+            if let Some(e) = result.elements().iter().find_map(|e| e.error().err().map(|err| (e.topic().to_owned(), e.partition(), err))) {
+                return Err(KafkaSourceError::Request(format!("seek {}/{}: {}", e.0, e.1, e.2)));
+            }
+        }
+        if wanted.count() > 0 {
+            // A partition paused at the end of an earlier batch stays paused
+            // across the seek.
+            self.consumer.resume(&wanted).map_err(request("resume"))?;
+        }
         Ok(KafkaFetch {
             consumer: self.consumer.clone(),
             pending,

@@ -177,7 +177,13 @@ pub fn produce(bootstrap: &str, topic: &str, partitions: i32, values: &[String])
     let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
     for (i, v) in values.iter().enumerate() {
         let key = format!("k{i}");
-        producer.send(BaseRecord::to(topic).partition(i as i32 % partitions).key(&key).payload(v)).unwrap();
+        let mut record = BaseRecord::to(topic).partition(i as i32 % partitions).key(&key).payload(v);
+        // A full local queue empties as deliveries complete.
+        while let Err((e, r)) = producer.send(record) {
+            assert!(matches!(e, rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull)), "{e}");
+            record = r;
+            producer.poll(std::time::Duration::from_millis(10));
+        }
         producer.poll(std::time::Duration::ZERO);
     }
     producer.flush(std::time::Duration::from_secs(30)).unwrap();

@@ -288,3 +288,4 @@ fn a_schema_mismatch_commits_nothing_and_names_the_column() {
     );
     assert_exactly_once(dir.path(), &ids(0..30));
 }
+
