@@ -11,6 +11,9 @@ TANSU := $(TOOLS)/bin/tansu
 
 .PHONY: setup demo test bench bench-smoke
 
+# Python and JavaScript sinks (componentize-py, componentize-js).
+include mk/polyglot.mk
+
 # Beyond stock Rust: the Wasm component target, and OpenSSL headers for the
 # Delta Lake client (present on the usual image; installed if missing).
 setup:
@@ -28,8 +31,8 @@ demo: setup
 
 # The test suite: unit tests and the integration suite in tests/it, which
 # starts its own broker processes from $(TANSU).
-test: setup $(TANSU)
-	SLUICE_TANSU=$(TANSU) cargo test --release --locked
+test: setup $(TANSU) polyglot-guests
+	SLUICE_TANSU=$(TANSU) SLUICE_POLYGLOT_DIR=$(abspath $(POLYGLOT)) cargo test --release --locked
 
 # Benchmarks, printing figures (not run as tests).
 bench: setup

@@ -1,0 +1,72 @@
+# Sinks in Python and JavaScript: the pinned component toolchains and the
+# components built with them. Included by the Makefile; the Rust guests are
+# built by host/build.rs instead.
+#
+# Tools go into $(TOOLS), keyed by version (Python) or by the hash of the
+# committed package-lock.json (JavaScript), so a fresh clone reuses them and
+# a version bump installs beside the old one. Components are file targets
+# with their sources as prerequisites: unchanged sources, no rebuild.
+
+COMPONENTIZE_PY_VERSION := 0.25.1
+PY_TOOLS := $(TOOLS)/componentize-py-$(COMPONENTIZE_PY_VERSION)
+COMPONENTIZE_PY := $(PY_TOOLS)/bin/componentize-py
+
+JS_MANIFEST := examples/js-orders-upsert
+JS_TOOLS := $(TOOLS)/componentize-js-$(shell sha256sum $(JS_MANIFEST)/package-lock.json | cut -c1-16)
+COMPONENTIZE_JS := $(JS_TOOLS)/node_modules/.bin/componentize-js
+
+# Where the components go; the conformance tests read SLUICE_POLYGLOT_DIR.
+POLYGLOT := $(TARGET_DIR)/guests/polyglot
+POLYGLOT_GUESTS := $(POLYGLOT)/python_orders_upsert.wasm $(POLYGLOT)/python_probe.wasm \
+	$(POLYGLOT)/js_orders_upsert.wasm $(POLYGLOT)/js_probe.wasm
+
+.PHONY: polyglot-guests polyglot-tools
+
+polyglot-guests: $(POLYGLOT_GUESTS)
+polyglot-tools: $(COMPONENTIZE_PY) $(COMPONENTIZE_JS)
+
+# python3 with venv, node and npm: on the usual image; from Debian if not.
+$(COMPONENTIZE_PY):
+	@command -v python3 >/dev/null && python3 -c 'import venv, ensurepip' 2>/dev/null \
+		|| (apt-get update && apt-get install -y python3 python3-venv)
+	rm -rf $(PY_TOOLS)
+	python3 -m venv $(PY_TOOLS)
+	$(PY_TOOLS)/bin/pip install --quiet --disable-pip-version-check componentize-py==$(COMPONENTIZE_PY_VERSION)
+
+$(COMPONENTIZE_JS):
+	@command -v npm >/dev/null || (apt-get update && apt-get install -y nodejs npm)
+	rm -rf $(JS_TOOLS) $(JS_TOOLS).part
+	mkdir -p $(JS_TOOLS).part
+	cp $(JS_MANIFEST)/package.json $(JS_MANIFEST)/package-lock.json $(JS_TOOLS).part/
+	# Not `npm ci`: the lock lacks optional binaries of other platforms that
+	# the registry does not have at the locked version (jco-node-fs), and
+	# `npm ci` refuses such a lock. `npm install` of a lock in sync with
+	# package.json installs exactly the locked versions and integrity hashes.
+	cd $(JS_TOOLS).part && npm install --no-save --no-audit --no-fund --loglevel=error
+	mv $(JS_TOOLS).part $(JS_TOOLS)
+
+PY_SDK := guest-sdk-python/sluice.py
+JS_SDK := guest-sdk-js/sluice.js guest-sdk-js/wit/world.wit guest-sdk-js/build.sh
+WIT := $(wildcard wit/*.wit)
+# The pins live here and in the lock file: a bump rebuilds the components.
+PY_DEPS := $(PY_SDK) $(WIT) mk/polyglot.mk
+JS_DEPS := $(JS_SDK) $(WIT) mk/polyglot.mk $(JS_MANIFEST)/package-lock.json
+
+# componentize-py APP_MODULE SOURCE_DIR OUT
+define componentize_py
+	mkdir -p $(POLYGLOT)
+	$(COMPONENTIZE_PY) --quiet -d wit -w sink componentize $(1) -p $(2) -p guest-sdk-python -o $(3).part
+	mv $(3).part $(3)
+endef
+
+$(POLYGLOT)/python_orders_upsert.wasm: examples/python-orders-upsert/orders_upsert.py $(PY_DEPS) | $(COMPONENTIZE_PY)
+	$(call componentize_py,orders_upsert,examples/python-orders-upsert,$@)
+
+$(POLYGLOT)/python_probe.wasm: tests/guests/python-probe/probe.py $(PY_DEPS) | $(COMPONENTIZE_PY)
+	$(call componentize_py,probe,tests/guests/python-probe,$@)
+
+$(POLYGLOT)/js_orders_upsert.wasm: examples/js-orders-upsert/orders-upsert.js $(JS_DEPS) | $(COMPONENTIZE_JS)
+	guest-sdk-js/build.sh $(JS_TOOLS) $< $@
+
+$(POLYGLOT)/js_probe.wasm: tests/guests/js-probe/probe.js $(JS_DEPS) | $(COMPONENTIZE_JS)
+	guest-sdk-js/build.sh $(JS_TOOLS) $< $@
