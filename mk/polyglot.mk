@@ -5,7 +5,9 @@
 # Tools go into $(TOOLS), keyed by version (Python) or by the hash of the
 # committed package-lock.json (JavaScript), so a fresh clone reuses them and
 # a version bump installs beside the old one. Components are file targets
-# with their sources as prerequisites: unchanged sources, no rebuild.
+# with their sources as prerequisites: unchanged sources, no rebuild; and
+# in a fresh clone, mk/build-once.sh reuses the last build of the same
+# sources rather than making a new (not byte-identical) component.
 
 COMPONENTIZE_PY_VERSION := 0.25.1
 PY_TOOLS := $(TOOLS)/componentize-py-$(COMPONENTIZE_PY_VERSION)
@@ -49,24 +51,24 @@ PY_SDK := guest-sdk-python/sluice.py
 JS_SDK := guest-sdk-js/sluice.js guest-sdk-js/wit/world.wit guest-sdk-js/build.sh
 WIT := $(wildcard wit/*.wit)
 # The pins live here and in the lock file: a bump rebuilds the components.
-PY_DEPS := $(PY_SDK) $(WIT) mk/polyglot.mk
-JS_DEPS := $(JS_SDK) $(WIT) mk/polyglot.mk $(JS_MANIFEST)/package-lock.json
+PY_DEPS := $(PY_SDK) $(WIT) mk/polyglot.mk mk/build-once.sh
+JS_DEPS := $(JS_SDK) $(WIT) mk/polyglot.mk mk/build-once.sh $(JS_MANIFEST)/package-lock.json
 
-# componentize-py APP_MODULE SOURCE_DIR OUT
+# componentize-py APP_MODULE SOURCE_DIR (for the target $@, inputs $^)
 define componentize_py
 	mkdir -p $(POLYGLOT)
-	$(COMPONENTIZE_PY) --quiet -d wit -w sink componentize $(1) -p $(2) -p guest-sdk-python -o $(3).part
-	mv $(3).part $(3)
+	mk/build-once.sh $@ "$^" -- \
+		$(COMPONENTIZE_PY) --quiet -d wit -w sink componentize $(1) -p $(2) -p guest-sdk-python -o $@
 endef
 
 $(POLYGLOT)/python_orders_upsert.wasm: examples/python-orders-upsert/orders_upsert.py $(PY_DEPS) | $(COMPONENTIZE_PY)
-	$(call componentize_py,orders_upsert,examples/python-orders-upsert,$@)
+	$(call componentize_py,orders_upsert,examples/python-orders-upsert)
 
 $(POLYGLOT)/python_probe.wasm: tests/guests/python-probe/probe.py $(PY_DEPS) | $(COMPONENTIZE_PY)
-	$(call componentize_py,probe,tests/guests/python-probe,$@)
+	$(call componentize_py,probe,tests/guests/python-probe)
 
 $(POLYGLOT)/js_orders_upsert.wasm: examples/js-orders-upsert/orders-upsert.js $(JS_DEPS) | $(COMPONENTIZE_JS)
-	guest-sdk-js/build.sh $(JS_TOOLS) $< $@
+	mk/build-once.sh $@ "$^" -- guest-sdk-js/build.sh $(JS_TOOLS) $< $@
 
 $(POLYGLOT)/js_probe.wasm: tests/guests/js-probe/probe.js $(JS_DEPS) | $(COMPONENTIZE_JS)
-	guest-sdk-js/build.sh $(JS_TOOLS) $< $@
+	mk/build-once.sh $@ "$^" -- guest-sdk-js/build.sh $(JS_TOOLS) $< $@

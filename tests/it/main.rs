@@ -3,6 +3,7 @@
 
 mod bad_components;
 mod cli;
+mod conformance;
 mod delta_commit;
 mod determinism;
 mod harness;
