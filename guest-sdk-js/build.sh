@@ -5,6 +5,10 @@
 # directory holding node_modules/). The sink world (wit/world.wit here) adds
 # wasi:filesystem to sluice:sink/sink; its WASI WIT comes from the WASI 0.2.12
 # snapshot that jco ships, so nothing of WASI is copied into this repo.
+#
+# Run it from a directory that holds SOURCE.js and every module it imports:
+# componentize-js resolves imports against, and can read only below, the
+# working directory.
 set -euo pipefail
 tools=$1 source=$2 out=$3
 here=$(cd "$(dirname "$0")" && pwd)

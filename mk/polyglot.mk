@@ -22,7 +22,7 @@ POLYGLOT := $(TARGET_DIR)/guests/polyglot
 POLYGLOT_GUESTS := $(POLYGLOT)/python_orders_upsert.wasm $(POLYGLOT)/python_probe.wasm \
 	$(POLYGLOT)/js_orders_upsert.wasm $(POLYGLOT)/js_probe.wasm
 
-.PHONY: polyglot-guests polyglot-tools
+.PHONY: polyglot-guests polyglot-tools bench-languages
 
 polyglot-guests: $(POLYGLOT_GUESTS)
 polyglot-tools: $(COMPONENTIZE_PY) $(COMPONENTIZE_JS)
@@ -72,3 +72,8 @@ $(POLYGLOT)/js_orders_upsert.wasm: examples/js-orders-upsert/orders-upsert.js $(
 
 $(POLYGLOT)/js_probe.wasm: tests/guests/js-probe/probe.js $(JS_DEPS) | $(COMPONENTIZE_JS)
 	mk/build-once.sh $@ "$^" -- guest-sdk-js/build.sh $(JS_TOOLS) $< $@
+
+# Per-language figures of the orders-upsert sink (size, compile, instantiate,
+# throughput over SLUICE_BENCH_RECORDS orders, default 1M). Not run in CI.
+bench-languages: setup polyglot-guests
+	SLUICE_POLYGLOT_DIR=$(abspath $(POLYGLOT)) cargo bench --locked --bench languages

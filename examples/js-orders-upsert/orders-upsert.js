@@ -10,9 +10,8 @@
 //
 // The checks follow serde's in the Rust sink, so both sinks accept and reject
 // the same values. JavaScript numbers are doubles, so amount_cents is read
-// from its source text (JSON.parse source access) and written back with
-// JSON.rawJSON: every 64-bit integer keeps its digits, and 12.0 is rejected
-// as it is in Rust.
+// from its source text (JSON.parse source access) and written back as those
+// digits: every 64-bit integer keeps them, and 12.0 is rejected as in Rust.
 
 import * as sluice from '../../guest-sdk-js/sluice.js';
 
@@ -53,32 +52,39 @@ function parse(record) {
     }
   }
   const amount = numberSource.get(order);
-  if (amount === undefined || !INTEGER.test(amount) || BigInt(amount) < I64_MIN || BigInt(amount) > I64_MAX) {
+  if (amount === undefined || !INTEGER.test(amount) || !fitsI64(amount)) {
     throw invalid('not an order: `amount_cents` is not a 64-bit integer');
   }
-  return {
-    order_id: order.order_id,
-    customer: order.customer,
-    amount_cents: sluice.int64(BigInt(amount)),
-    status: order.status,
-    updated_at_ms: sluice.int64(record.timestampMs),
-    source_offset: sluice.int64(record.offset),
-  };
+  // The row as a JSON line, built by hand: the 64-bit integers go in as
+  // their exact digits (BigInt and source text), with no double in between.
+  const line =
+    `{"order_id":${JSON.stringify(order.order_id)},"customer":${JSON.stringify(order.customer)},` +
+    `"amount_cents":${amount === '-0' ? '0' : amount},"status":${JSON.stringify(order.status)},` +
+    `"updated_at_ms":${record.timestampMs},"source_offset":${record.offset}}`;
+  return { orderId: order.order_id, line };
+}
+
+/** Whether an integer literal fits in i64 (BigInt only near the edges). */
+function fitsI64(digits) {
+  const len = digits.length - (digits[0] === '-' ? 1 : 0);
+  if (len < 19) return true;
+  const n = BigInt(digits);
+  return n >= I64_MIN && n <= I64_MAX;
 }
 
 export const handler = {
   forEachBatch(batch, stream) {
-    const rows = new Map(); // order_id -> row; a Map keeps first-insertion order
+    const rows = new Map(); // order_id -> JSON line; a Map keeps first-insertion order
     let records = 0;
     for (const record of sluice.records(batch, stream)) {
       records++;
-      const row = parse(record);
-      rows.set(row.order_id, row);
+      const { orderId, line } = parse(record);
+      rows.set(orderId, line);
     }
 
     if (rows.size > 0) {
       let text = '';
-      for (const row of rows.values()) text += JSON.stringify(row) + '\n';
+      for (const line of rows.values()) text += line + '\n';
       sluice.writeFile(STAGED_FILE, text);
       sluice.upsertFile('orders', ['order_id'], STAGED_FILE);
     }
