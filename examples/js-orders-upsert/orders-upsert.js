@@ -57,10 +57,15 @@ function parse(record) {
   }
   // The row as a JSON line, built by hand: the 64-bit integers go in as
   // their exact digits (BigInt and source text), with no double in between.
-  const line =
-    `{"order_id":${JSON.stringify(order.order_id)},"customer":${JSON.stringify(order.customer)},` +
-    `"amount_cents":${amount === '-0' ? '0' : amount},"status":${JSON.stringify(order.status)},` +
-    `"updated_at_ms":${record.timestampMs},"source_offset":${record.offset}}`;
+  // join() makes one flat string; `+` would keep a rope of pieces per row.
+  const line = [
+    '{"order_id":', JSON.stringify(order.order_id),
+    ',"customer":', JSON.stringify(order.customer),
+    ',"amount_cents":', amount === '-0' ? '0' : amount,
+    ',"status":', JSON.stringify(order.status),
+    ',"updated_at_ms":', String(record.timestampMs),
+    ',"source_offset":', String(record.offset), '}',
+  ].join('');
   return { orderId: order.order_id, line };
 }
 
@@ -83,8 +88,7 @@ export const handler = {
     }
 
     if (rows.size > 0) {
-      let text = '';
-      for (const line of rows.values()) text += line + '\n';
+      const text = [...rows.values(), ''].join('\n');
       sluice.writeFile(STAGED_FILE, text);
       sluice.upsertFile('orders', ['order_id'], STAGED_FILE);
     }

@@ -107,6 +107,8 @@ fn main() {
         defaults.fuel as f64,
         defaults.deadline_ms / 1000
     );
+    // The first language's digest over the big batch: the others must match.
+    let mut reference: Option<(&str, String)> = None;
     // SLUICE_BENCH_LANGS=python,js measures only those.
     let only = std::env::var("SLUICE_BENCH_LANGS").ok();
     for (lang, path) in components() {
@@ -147,6 +149,7 @@ fn main() {
         // Throughput, with the default memory limit when it suffices.
         let mut best = Duration::MAX;
         let mut big_fuel = 0;
+        let mut digest = String::new();
         let mut note = String::new();
         let mut sink_big = sink.clone();
         for attempt in 0..3 {
@@ -155,10 +158,19 @@ fn main() {
                 Ok(out) => {
                     best = best.min(start.elapsed());
                     big_fuel = out.fuel_used;
+                    digest = out.digest;
                     assert_eq!(out.records_in as usize, n);
                 }
-                Err(f) if matches!(f.error, BatchError::Limit(ref l) if l.limit == Limit::MemoryBytes) => {
-                    note = format!(" (needs more than the default {} MiB of memory; run with 2 GiB)", defaults.memory_bytes >> 20);
+                // Out of memory shows as the typed limit, or (SpiderMonkey)
+                // as an abort when its allocator gives up first.
+                Err(f) if note.is_empty()
+                    && (matches!(f.error, BatchError::Limit(ref l) if l.limit == Limit::MemoryBytes)
+                        || f.to_string().contains("mozalloc_abort")) =>
+                {
+                    note = format!(
+                        " (with the default {} MiB of memory: \"{f}\"; measured with 2 GiB)",
+                        defaults.memory_bytes >> 20
+                    );
                     let rt = runtime(
                         scratch.path(),
                         &cache,
@@ -190,6 +202,13 @@ fn main() {
                 big_fuel as f64,
                 big_fuel as f64 * 100.0 / defaults.fuel as f64,
             );
+            match &reference {
+                None => reference = Some((lang, digest)),
+                Some((first, d)) => {
+                    let verdict = if *d == digest { "same as" } else { "DIFFERENT from" };
+                    println!("  output digest             {verdict} {first}'s");
+                }
+            }
         }
     }
 }
