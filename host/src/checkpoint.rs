@@ -112,7 +112,8 @@ pub struct Resume {
 pub struct Checkpoint {
     dir: PathBuf,
     // Holding the file holds the lock; the OS drops it if the process dies.
-    _lock: File,
+    // `None` for a read-only view.
+    lock: Option<File>,
 }
 
 #[derive(Clone, Copy)]
@@ -157,7 +158,38 @@ impl Checkpoint {
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
         lock.set_len(0).and_then(|()| write!(lock, "{}", std::process::id())).map_err(io_err(&lock_path))?;
-        Ok(Self { dir, _lock: lock })
+        // Temporary files of a writer that died mid-write: never renamed,
+        // so never part of the checkpoint.
+        for log in [Log::Offsets, Log::Commits] {
+            let d = dir.join(log.name());
+            for entry in std::fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
+                if entry.file_name().to_string_lossy().starts_with('.') {
+                    std::fs::remove_file(entry.path()).map_err(io_err(&entry.path()))?;
+                }
+            }
+        }
+        Ok(Self { dir, lock: Some(lock) })
+    }
+
+    /// Open an existing checkpoint to read it (`sluice status`), without
+    /// taking ownership: a running pipeline may be writing it meanwhile.
+    pub fn open_read_only(dir: impl Into<PathBuf>) -> Result<Self> {
+        let dir = dir.into();
+        for log in [Log::Offsets, Log::Commits] {
+            let d = dir.join(log.name());
+            std::fs::metadata(&d).map_err(io_err(&d))?;
+        }
+        Ok(Self { dir, lock: None })
+    }
+
+    /// The pid of the process owning the checkpoint in `dir`, if one does.
+    pub fn owner(dir: &Path) -> Option<u32> {
+        let path = dir.join("lock");
+        let file = File::open(&path).ok()?;
+        match file.try_lock_shared() {
+            Ok(()) => None,
+            Err(_) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
+        }
     }
 
     /// The checkpoint directory.
@@ -242,6 +274,10 @@ impl Checkpoint {
 
     fn write(&self, log: Log, n: u64, value: &impl Serialize) -> Result<()> {
         let path = self.path(log, n);
+        if self.lock.is_none() {
+            let denied = io::Error::new(io::ErrorKind::PermissionDenied, "the checkpoint is open read-only");
+            return Err(io_err(&path)(denied));
+        }
         let body = serde_json::to_string(value).expect("checkpoint records serialise");
         let text = format!("{MAGIC} sha256={}\n{body}\n", hex::encode(Sha256::digest(body.as_bytes())));
         write_durably(&path, text.as_bytes()).map_err(io_err(&path))
@@ -280,6 +316,7 @@ fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
     f.write_all(bytes)?;
     f.sync_all()?;
     drop(f);
+    crate::failpoint::hit("in-checkpoint-write");
     std::fs::rename(&tmp, path)?;
     File::open(dir)?.sync_all()
 }
@@ -368,6 +405,10 @@ mod tests {
         let cp = Checkpoint::open(tmp.path()).unwrap();
         cp.record_planned(&planned(0)).unwrap();
         std::fs::write(tmp.path().join("offsets/.1.tmp999"), "half a write").unwrap();
+        assert_eq!(cp.resume().unwrap().pending, Some(planned(0)));
+        drop(cp);
+        let cp = Checkpoint::open(tmp.path()).unwrap();
+        assert!(!tmp.path().join("offsets/.1.tmp999").exists(), "the next owner removes them");
         assert_eq!(cp.resume().unwrap().pending, Some(planned(0)));
     }
 }

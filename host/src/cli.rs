@@ -4,9 +4,15 @@
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
 use sluice::exec::{ExecReport, read_records, write_log_line};
+use sluice::config::PipelineConfig;
+use sluice::demo::DemoOptions;
+use sluice::pipeline::{BatchReport, Event, Pipeline, Stopped};
+use sluice::status::Status;
 use sluice::{BatchSpec, Limits, RuntimeBuilder, VecSource};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 #[derive(Parser)]
 #[command(name = "sluice", version, about = "Run untrusted foreachBatch sinks as WebAssembly components, exactly once")]
@@ -17,8 +23,49 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run a pipeline: Kafka → sink → Delta, exactly once.
+    Run(RunArgs),
+    /// Show a pipeline's last batch, offsets, lag and table versions.
+    Status(StatusArgs),
+    /// Run the example upsert sink on an embedded Kafka into a local Delta table.
+    Demo(DemoArgs),
     /// Run one batch of a sink over records from a JSONL file, without Kafka.
     Exec(ExecArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The pipeline config (see the README's config reference).
+    config: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The pipeline config.
+    config: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Where the config, checkpoint, table and metrics go (replaced if a
+    /// previous demo made it).
+    #[arg(long, default_value = "sluice-demo")]
+    dir: PathBuf,
+    /// Order records to produce.
+    #[arg(long, default_value_t = 10_000)]
+    records: usize,
+    /// Distinct orders among them (each gets several status updates).
+    #[arg(long, default_value_t = 2_500)]
+    orders: usize,
+    /// Records per batch.
+    #[arg(long, default_value_t = 2_000)]
+    batch_records: u64,
+    /// The sink component (default: the example built with sluice).
+    #[arg(long)]
+    component: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -62,12 +109,140 @@ struct ExecArgs {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Status(args) => status(args),
+        Command::Demo(args) => demo(args),
         Command::Exec(args) => exec(args),
     };
     result.unwrap_or_else(|e| {
         eprintln!("error: {e:#}");
         ExitCode::from(2)
     })
+}
+
+fn run(args: RunArgs) -> Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    let id = config.pipeline.id.clone();
+    let mut pipeline = match Pipeline::open(config, args.config.display().to_string()) {
+        Ok(p) => p,
+        Err(e) => return Ok(failed(&e)),
+    };
+    stop_on_signals(pipeline.stop_flag())?;
+    eprintln!("sluice: pipeline {id}: running component {}", &pipeline.component_digest()[..16]);
+    match pipeline.run(|e| report_event(e, "")) {
+        Ok(summary) => {
+            let last = summary.last_committed.map_or("none".to_owned(), |b| b.to_string());
+            match summary.stopped {
+                Stopped::CaughtUp => eprintln!("sluice: caught up: {} batch(es) this run, last committed batch {last}", summary.batches),
+                Stopped::Requested => eprintln!("sluice: stopped on request; last committed batch {last}"),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(failed(&e)),
+    }
+}
+
+fn failed(e: &sluice::pipeline::PipelineError) -> ExitCode {
+    eprintln!("error: {e}");
+    if let sluice::pipeline::PipelineError::BatchFailed { failure, .. } = e {
+        if let Some(dir) = &failure.kept_scratch {
+            eprintln!("  /staging of the last attempt kept at {}", dir.display());
+        }
+        let mut log = String::new();
+        for line in failure.log.iter().rev().take(20).rev() {
+            let _ = write_log_line(&mut log, line);
+        }
+        if !log.is_empty() {
+            eprint!("  last log lines:\n{log}");
+        }
+    }
+    ExitCode::from(1)
+}
+
+/// SIGINT/SIGTERM: the first finishes the current batch and stops; a second
+/// exits at once (safe too: the checkpoint re-runs the batch).
+fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    for signal in [SIGINT, SIGTERM] {
+        signal_hook::flag::register_conditional_shutdown(signal, 130, stop.clone())?;
+        signal_hook::flag::register(signal, stop.clone())?;
+    }
+    Ok(())
+}
+
+/// Progress to stdout, one line per batch; retries to stderr.
+fn report_event(event: &Event, indent: &str) {
+    match event {
+        Event::Committed(r) => println!("{indent}{}", progress_line(r)),
+        Event::Retrying { batch_id, attempt, max_attempts, error, backoff } => {
+            let what = batch_id.map_or("planning".to_owned(), |b| format!("batch {b}"));
+            eprintln!(
+                "{indent}sluice: {what}: attempt {attempt}/{max_attempts} failed: {error}; retrying in {} ms",
+                backoff.as_millis()
+            );
+        }
+    }
+}
+
+fn progress_line(r: &BatchReport) -> String {
+    let tables: Vec<String> = r.table_versions.iter().map(|(t, v)| format!("{t}@v{v}")).collect();
+    if r.already_committed {
+        return format!("batch {}: already committed before a restart, sink not run  [{}]", r.batch_id, tables.join(" "));
+    }
+    let retries = if r.attempts > 1 { format!(", {} attempts", r.attempts) } else { String::new() };
+    format!(
+        "batch {}: {} records, {:.1} KiB in {} ms (sink {} ms, commit {} ms{retries})  [{}]",
+        r.batch_id,
+        r.records,
+        r.bytes as f64 / 1024.0,
+        r.total.as_millis(),
+        r.sink.as_millis(),
+        r.commit.as_millis(),
+        tables.join(" ")
+    )
+}
+
+fn status(args: StatusArgs) -> Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    let status = Status::gather(&config);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{status}");
+    }
+    Ok(if status.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn demo(args: DemoArgs) -> Result<ExitCode> {
+    let component =
+        args.component.unwrap_or_else(|| PathBuf::from(env!("SLUICE_GUEST_DIR")).join("orders_upsert.wasm"));
+    if !component.exists() {
+        bail!("{} not found: build the example sink first (`make demo` does)", component.display());
+    }
+    let options = DemoOptions {
+        dir: args.dir,
+        records: args.records,
+        orders: args.orders,
+        batch_records: args.batch_records,
+        component,
+    };
+    println!("sluice demo: {} order records for {} orders on an embedded Kafka (3 partitions)", options.records, options.orders);
+    let summary = match sluice::demo::run(&options, |e| report_event(e, "  ")) {
+        Ok(s) => s,
+        Err(sluice::demo::DemoError::Pipeline(e)) => return Ok(failed(&e)),
+        Err(e) => return Err(e.into()),
+    };
+    let version = summary.run.table_versions.get("orders").map_or("?".to_owned(), |v| v.to_string());
+    println!(
+        "\ndone: {} batches, {} records → {} rows in table `orders` (version {version}), one per order: {} distinct, {} with their latest status",
+        summary.run.batches, summary.run.records, summary.rows, summary.distinct_orders, summary.latest_status_rows
+    );
+    println!("  table:   {}", summary.table.display());
+    println!("  config:  {}", summary.config.display());
+    println!("  metrics: {}", summary.metrics.display());
+    println!("  the exact config ran with `sluice run`; `sluice status {}` shows its checkpoint and table", summary.config.display());
+    let exact = summary.rows == options.orders.min(options.records) as u64 && summary.latest_status_rows == summary.rows;
+    Ok(if exact { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn exec(args: ExecArgs) -> Result<ExitCode> {

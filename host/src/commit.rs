@@ -21,7 +21,7 @@ use deltalake::kernel::{DataType, PrimitiveType, StructField, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
 use url::Url;
@@ -119,6 +119,20 @@ pub enum CommitError {
         /// What does not fit.
         what: String,
     },
+    /// A table the checkpoint says holds committed batches is gone.
+    #[error(
+        "table `{table}` at {path} does not exist, but the checkpoint records batches committed to it; \
+         restore the table (or, to deliberately start over, move the checkpoint away too)"
+    )]
+    Missing {
+        /// Table.
+        table: String,
+        /// Its directory.
+        path: String,
+    },
+    /// The Delta client's runtime could not be started.
+    #[error("cannot start the Delta client: {0}")]
+    Io(#[from] std::io::Error),
     /// The sink staged to a table the pipeline does not declare.
     #[error("batch output stages to undeclared table `{0}`")]
     UnknownTable(String),
@@ -138,14 +152,41 @@ pub enum CommitError {
 pub struct DeltaCommitter {
     app_id: String,
     tables: Vec<TableConfig>,
+    /// Tables that must exist: creating them again would hide lost data.
+    existing: BTreeSet<String>,
     runtime: tokio::runtime::Runtime,
+}
+
+/// A table's state, for `sluice status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableState {
+    /// The Delta version.
+    pub version: u64,
+    /// The last batch id committed by this pipeline (its `txn` version).
+    pub last_batch: Option<i64>,
+}
+
+/// Where a batch landed in one table: found from the commit metadata.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchCommit {
+    /// The Delta version whose commit carries the batch.
+    pub version: u64,
+    /// The batch output digest recorded in the commit metadata.
+    pub output_digest: String,
 }
 
 impl DeltaCommitter {
     /// A committer writing as `app_id` (the Delta `txn` application id).
     pub fn new(app_id: impl Into<String>, tables: Vec<TableConfig>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        Ok(Self { app_id: app_id.into(), tables, runtime })
+        Ok(Self { app_id: app_id.into(), tables, existing: BTreeSet::new(), runtime })
+    }
+
+    /// Refuse to create these tables: the checkpoint says they hold batches,
+    /// so a missing one was lost or moved, not never made.
+    pub fn expect_existing(mut self, tables: impl IntoIterator<Item = String>) -> Self {
+        self.existing = tables.into_iter().collect();
+        self
     }
 
     /// The declared tables.
@@ -159,7 +200,7 @@ impl DeltaCommitter {
         self.runtime.block_on(async {
             let mut versions = BTreeMap::new();
             for t in &self.tables {
-                let table = open_or_create(t).await?;
+                let table = self.open(t).await?;
                 versions.insert(t.name.clone(), table.version().unwrap_or(0));
             }
             Ok(versions)
@@ -172,7 +213,7 @@ impl DeltaCommitter {
         self.runtime.block_on(async {
             let mut out = BTreeMap::new();
             for t in &self.tables {
-                let table = open_or_create(t).await?;
+                let table = self.open(t).await?;
                 out.insert(t.name.clone(), self.txn_version(t, &table).await?);
             }
             Ok(out)
@@ -198,16 +239,79 @@ impl DeltaCommitter {
         }
         self.runtime.block_on(async {
             let mut versions = BTreeMap::new();
-            for (t, write) in prepared {
+            let last = prepared.len().saturating_sub(1);
+            for (i, (t, write)) in prepared.into_iter().enumerate() {
                 versions.insert(t.name.clone(), self.commit_table(t, write, output).await?);
+                if i < last {
+                    crate::failpoint::hit("between-table-commits");
+                }
             }
             Ok(versions)
         })
     }
 
+    /// The commit of batch `n` in each table, searching the newest
+    /// `depth` versions of each (a table without it maps to `None`).
+    pub fn find_batch(&self, n: u64, depth: u64) -> Result<BTreeMap<String, Option<BatchCommit>>, CommitError> {
+        self.runtime.block_on(async {
+            let mut out = BTreeMap::new();
+            for t in &self.tables {
+                let table = self.open(t).await?;
+                out.insert(t.name.clone(), find_batch_commit(t, &table, n, depth).await?);
+            }
+            Ok(out)
+        })
+    }
+
+    /// Each table's version and last batch id, without creating anything
+    /// (`None`: the table does not exist yet).
+    pub fn describe(&self) -> BTreeMap<String, Result<Option<TableState>, CommitError>> {
+        self.runtime.block_on(async {
+            let mut out = BTreeMap::new();
+            for t in &self.tables {
+                out.insert(t.name.clone(), self.describe_table(t).await);
+            }
+            out
+        })
+    }
+
+    async fn describe_table(&self, t: &TableConfig) -> Result<Option<TableState>, CommitError> {
+        if !t.path.join("_delta_log").is_dir() {
+            return Ok(None);
+        }
+        let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
+        let Some(version) = table.version() else { return Ok(None) };
+        Ok(Some(TableState { version, last_batch: self.txn_version(t, &table).await? }))
+    }
+
+    /// Run a SQL query over one table (registered as `t`), for summaries
+    /// and checks. Rows come back as JSON objects.
+    pub fn query(&self, table: &str, sql: &str) -> Result<Vec<serde_json::Value>, CommitError> {
+        let t = self.tables.iter().find(|t| t.name == table).ok_or_else(|| CommitError::UnknownTable(table.to_owned()))?;
+        let df_err = |e: deltalake::datafusion::error::DataFusionError| delta_err(t)(DeltaTableError::from(e));
+        self.runtime.block_on(async {
+            let table = self.open(t).await?;
+            let ctx = deltalake::datafusion::prelude::SessionContext::new();
+            table.update_datafusion_session(&ctx.state()).map_err(delta_err(t))?;
+            ctx.register_table("t", table.table_provider().await.map_err(df_err)?).map_err(df_err)?;
+            let batches = ctx.sql(sql).await.map_err(df_err)?.collect().await.map_err(df_err)?;
+            let mut writer = arrow_json::ArrayWriter::new(Vec::new());
+            for b in &batches {
+                writer.write(b).map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
+            }
+            writer.finish().map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
+            let bytes = writer.into_inner();
+            Ok(if bytes.is_empty() { Vec::new() } else { serde_json::from_slice(&bytes).unwrap_or_default() })
+        })
+    }
+
+    async fn open(&self, t: &TableConfig) -> Result<DeltaTable, CommitError> {
+        open_or_create(t, !self.existing.contains(&t.name)).await
+    }
+
     async fn commit_table(&self, t: &TableConfig, write: Prepared, output: &BatchOutput) -> Result<u64, CommitError> {
         let batch_id = output.batch.batch_id as i64;
-        let table = open_or_create(t).await?;
+        let table = self.open(t).await?;
         if self.txn_version(t, &table).await?.is_some_and(|v| v >= batch_id) {
             return Ok(table.version().unwrap_or(0));
         }
@@ -262,11 +366,34 @@ fn table_url(t: &TableConfig) -> Result<Url, CommitError> {
         .map_err(|()| CommitError::Schema { table: t.name.clone(), what: format!("path {} is not a usable directory", path.display()) })
 }
 
+/// The version and digest of batch `n`'s commit, from the commit metadata
+/// of the newest `depth` versions.
+async fn find_batch_commit(t: &TableConfig, table: &DeltaTable, n: u64, depth: u64) -> Result<Option<BatchCommit>, CommitError> {
+    let Some(latest) = table.version() else { return Ok(None) };
+    let store = table.log_store();
+    for version in (0..=latest).rev().take(depth as usize) {
+        let Some(bytes) = store.read_commit_entry(version).await.map_err(delta_err(t))? else { continue };
+        for line in bytes.split(|&b| b == b'\n') {
+            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+            let meta = &action["commitInfo"]["sluice"];
+            if meta["batch_id"].as_u64() == Some(n) {
+                let output_digest = meta["output_digest"].as_str().unwrap_or_default().to_owned();
+                return Ok(Some(BatchCommit { version, output_digest }));
+            }
+        }
+    }
+    Ok(None)
+}
+
 /// Open the table, creating it from the declared schema if it does not
-/// exist, and check that an existing table has that schema.
-async fn open_or_create(t: &TableConfig) -> Result<DeltaTable, CommitError> {
+/// exist (when `may_create`), and check that an existing table has that
+/// schema.
+async fn open_or_create(t: &TableConfig, may_create: bool) -> Result<DeltaTable, CommitError> {
     let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
     if table.version().is_none() {
+        if !may_create {
+            return Err(CommitError::Missing { table: t.name.clone(), path: t.path.display().to_string() });
+        }
         let columns: Vec<StructField> = t
             .columns
             .iter()

@@ -21,19 +21,30 @@
 //! | Kafka: plan batches, fetch exact ranges | [`source`]    |
 //! | write-ahead offset log and commit log   | [`checkpoint`]|
 //! | batch output → Delta tables, once       | [`commit`]    |
+//! | `pipeline.toml`                         | [`config`]    |
+//! | the batch life: plan, run, commit, log  | [`pipeline`]  |
+//! | Prometheus metrics                      | [`metrics`]   |
+//! | `sluice status`                         | [`status`]    |
+//! | `sluice demo`: embedded Kafka + example | [`demo`]      |
 
 mod batch_log;
 pub mod checkpoint;
 pub mod commit;
+pub mod config;
+pub mod demo;
 mod determinism;
 mod error;
 pub mod exec;
+mod failpoint;
 pub mod limits;
+pub mod metrics;
 mod output;
+pub mod pipeline;
 mod records;
 mod runtime;
 mod scratch;
 pub mod source;
+pub mod status;
 
 pub use batch_log::{Level, LogLine, LogSource};
 pub use error::{BatchError, BatchFailure, ErrorClass, LoadError, Result};

@@ -60,6 +60,11 @@ pub struct SourceConfig {
     /// Most records in one batch, over all partitions.
     #[serde(default = "default_max_records")]
     pub max_records_per_batch: u64,
+    /// Rough cap on the bytes of one batch. Kafka offsets carry no sizes, so
+    /// the planner turns this into a record count using the average record
+    /// size of the previous batch.
+    #[serde(default)]
+    pub max_bytes_per_batch: Option<u64>,
     /// Where partitions without a checkpointed position start.
     #[serde(default)]
     pub starting_offsets: StartingOffsets,
@@ -117,11 +122,21 @@ pub enum KafkaSourceError {
     Request(String),
 }
 
+impl KafkaSourceError {
+    /// Whether trying again later may succeed (a broker restart, a timeout),
+    /// as opposed to a fact that waiting does not change.
+    pub fn transient(&self) -> bool {
+        matches!(self, KafkaSourceError::Connect { .. } | KafkaSourceError::Request(_))
+    }
+}
+
 /// A connected source: the consumer and the partitions of the topics.
 pub struct KafkaSource {
     config: SourceConfig,
     consumer: Arc<BaseConsumer>,
     partitions: Vec<(String, i32)>,
+    /// High watermarks seen by the last plan (for lag, at no extra cost).
+    last_highs: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
 }
 
 impl KafkaSource {
@@ -134,6 +149,9 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
+            // A fetch still waiting at the broker when a batch re-assigns
+            // partitions delays the next batch by up to this much.
+            .set("fetch.wait.max.ms", "100")
             .set("group.id", "sluice");
         for (k, v) in &config.properties {
             client.set(k, v);
@@ -155,7 +173,7 @@ impl KafkaSource {
                 _ => return Err(KafkaSourceError::NoSuchTopic(topic.clone())),
             }
         }
-        Ok(Self { config, consumer: Arc::new(consumer), partitions })
+        Ok(Self { config, consumer: Arc::new(consumer), partitions, last_highs: Default::default() })
     }
 
     /// Every (topic, partition) the source reads, in plan order.
@@ -174,9 +192,23 @@ impl KafkaSource {
     /// previous batch ended (`previous_ends`), up to the high watermark, with
     /// at most `max_records_per_batch` records in all, shared fairly.
     pub fn plan(&self, previous_ends: &BTreeMap<(String, i32), i64>) -> Result<Vec<SourceRange>, KafkaSourceError> {
+        self.plan_up_to(previous_ends, self.config.max_records_per_batch, None)
+    }
+
+    /// Like [`plan`](Self::plan), with at most `max_records` records and,
+    /// per partition, no offset at or past `until` (the "available now"
+    /// mode's snapshot of the high watermarks).
+    pub fn plan_up_to(
+        &self,
+        previous_ends: &BTreeMap<(String, i32), i64>,
+        max_records: u64,
+        until: Option<&BTreeMap<(String, i32), i64>>,
+    ) -> Result<Vec<SourceRange>, KafkaSourceError> {
         let mut spans = Vec::with_capacity(self.partitions.len());
+        let mut highs = BTreeMap::new();
         for (topic, partition) in &self.partitions {
             let (low, high) = self.watermarks(topic, *partition)?;
+            highs.insert((topic.clone(), *partition), high);
             let start = match previous_ends.get(&(topic.clone(), *partition)) {
                 Some(&end) => end,
                 None if self.config.starting_offsets == StartingOffsets::Latest => high,
@@ -195,15 +227,44 @@ impl KafkaSource {
             } else {
                 start
             };
+            let high = until.map_or(high, |u| u.get(&(topic.clone(), *partition)).map_or(start, |&u| high.min(u)));
             spans.push((topic.clone(), *partition, start, high.max(start)));
         }
         let available: Vec<u64> = spans.iter().map(|&(_, _, start, high)| (high - start) as u64).collect();
-        let takes = share_fairly(&available, self.config.max_records_per_batch);
+        let takes = share_fairly(&available, max_records);
+        *self.last_highs.lock().unwrap_or_else(|e| e.into_inner()) = highs;
         Ok(spans
             .into_iter()
             .zip(takes)
             .map(|((topic, partition, start, _), take)| SourceRange { topic, partition, start, end: start + take as i64 })
             .collect())
+    }
+
+    /// The high watermark of every partition.
+    pub fn high_watermarks(&self) -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
+        self.partitions.iter().map(|(t, p)| Ok(((t.clone(), *p), self.watermarks(t, *p)?.1))).collect()
+    }
+
+    /// The high watermarks seen by the last plan.
+    pub fn last_high_watermarks(&self) -> BTreeMap<(String, i32), i64> {
+        self.last_highs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Tell the consumer group where the pipeline is, so standard lag tools
+    /// work. Advisory only: sluice resumes from its checkpoint, never from
+    /// these offsets, so a failure here is not an error worth stopping for.
+    pub fn commit_advisory(&self, ranges: &[SourceRange]) -> Result<(), KafkaSourceError> {
+        let mut tpl = TopicPartitionList::new();
+        for r in ranges.iter().filter(|r| r.end > r.start) {
+            tpl.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.end))
+                .map_err(|e| KafkaSourceError::Request(e.to_string()))?;
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        self.consumer
+            .commit(&tpl, rdkafka::consumer::CommitMode::Async)
+            .map_err(|e| KafkaSourceError::Request(format!("advisory offset commit: {e}")))
     }
 
     /// A record source delivering exactly `ranges`.

@@ -8,11 +8,11 @@ use sluice::commit::{ColumnConfig, ColumnType, CommitError, DeltaCommitter, Tabl
 use sluice::{BatchOutput, Limits};
 use std::path::Path;
 
-fn col(name: &str, data_type: ColumnType) -> ColumnConfig {
+pub fn col(name: &str, data_type: ColumnType) -> ColumnConfig {
     ColumnConfig { name: name.into(), data_type, nullable: true }
 }
 
-fn orders_table(dir: &Path) -> TableConfig {
+pub fn orders_table(dir: &Path) -> TableConfig {
     TableConfig {
         name: "orders".into(),
         path: dir.join("orders"),

@@ -169,3 +169,107 @@ impl Drop for Broker {
         let _ = self.child.wait();
     }
 }
+
+/// Produce `values` to `topic`, round-robin over `partitions`, and wait
+/// until the broker has them all.
+pub fn produce(bootstrap: &str, topic: &str, partitions: i32, values: &[String]) {
+    use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+    let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    for (i, v) in values.iter().enumerate() {
+        let key = format!("k{i}");
+        producer.send(BaseRecord::to(topic).partition(i as i32 % partitions).key(&key).payload(v)).unwrap();
+        producer.poll(std::time::Duration::ZERO);
+    }
+    producer.flush(std::time::Duration::from_secs(30)).unwrap();
+}
+
+/// A `pipeline.toml` running the `fan-out` guest from `topic` into the
+/// tables `events` and `audit` under `dir`. `extra` is appended to
+/// `[pipeline]` (e.g. `max_attempts = 2`).
+pub fn fan_out_config(dir: &std::path::Path, bootstrap: &str, topic: &str, max_records: u64, extra: &str) -> PathBuf {
+    let text = format!(
+        r#"[pipeline]
+id = "fan-out"
+component = "{component}"
+checkpoint = "checkpoint"
+trigger = "available_now"
+metrics_file = "metrics.prom"
+retry_backoff_ms = 20
+{extra}
+
+[source]
+bootstrap_servers = "{bootstrap}"
+topics = ["{topic}"]
+max_records_per_batch = {max_records}
+fetch_timeout_ms = 20000
+
+[[tables]]
+name = "events"
+path = "tables/events"
+columns = [
+  {{ name = "id", type = "string", nullable = false }},
+  {{ name = "topic", type = "string" }},
+  {{ name = "partition", type = "integer" }},
+  {{ name = "offset", type = "long" }},
+]
+
+[[tables]]
+name = "audit"
+path = "tables/audit"
+columns = [{{ name = "id", type = "string" }}, {{ name = "batch_id", type = "long" }}]
+"#,
+        component = guest("fan-out").display()
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// `sluice <args>` as a command.
+pub fn sluice(args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    cmd.args(args).env_remove("SLUICE_FAILPOINT");
+    cmd
+}
+
+/// Run `sluice <args>` to completion: (exit code, stdout, stderr).
+pub fn sluice_output(args: &[&str]) -> (i32, String, String) {
+    let out = sluice(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A Delta table as read by the independent reader (Python `deltalake`).
+#[derive(Debug)]
+pub struct ReadBack {
+    pub version: u64,
+    /// The table's `txn` version for the app id asked about.
+    pub txn: Option<i64>,
+    pub rows: Vec<Value>,
+}
+
+impl ReadBack {
+    /// How often each value of `column` occurs.
+    pub fn counts(&self, column: &str) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for r in &self.rows {
+            *counts.entry(r[column].as_str().unwrap_or_default().to_owned()).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// Read the table at `path` with Python `deltalake` (`make test` installs
+/// it and sets `SLUICE_PYTHON`).
+pub fn read_delta(path: &std::path::Path, app_id: &str) -> ReadBack {
+    let python = std::env::var("SLUICE_PYTHON")
+        .unwrap_or_else(|_| panic!("SLUICE_PYTHON is not set: run the tests with `make test`, which installs the Delta reader"));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reader/read_delta.py");
+    let out = std::process::Command::new(&python).arg(script).arg(path).arg(app_id).output().unwrap();
+    assert!(out.status.success(), "the Delta reader failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    ReadBack { version: v["version"].as_u64().unwrap(), txn: v["txn"].as_i64(), rows: v["rows"].as_array().unwrap().clone() }
+}

@@ -28,6 +28,7 @@ fn config(bootstrap: String, topic: &str, max_records: u64) -> SourceConfig {
         bootstrap_servers: bootstrap,
         topics: vec![topic.into()],
         max_records_per_batch: max_records,
+        max_bytes_per_batch: None,
         starting_offsets: Default::default(),
         on_data_loss: Default::default(),
         fetch_timeout_ms: 10_000,

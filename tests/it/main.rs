@@ -4,11 +4,15 @@
 mod bad_components;
 mod cli;
 mod conformance;
+mod crash;
 mod delta_commit;
 mod determinism;
 mod harness;
 mod hostile;
 mod isolation;
+mod kafka_faults;
 mod kafka_source;
 mod no_ambient_authority;
+mod pipeline_run;
+mod seed_incident;
 mod staging;

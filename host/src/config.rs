@@ -1,0 +1,332 @@
+//! The pipeline config file (`pipeline.toml`): what to read, which sink to
+//! run, where the checkpoint and the tables live, and the limits.
+//!
+//! Every table rejects unknown keys, and every error names the key it is
+//! about (`source.max_records_per_batch`, `tables[1].keys`), the file and
+//! the line, so a typo is found before anything runs. Relative paths are
+//! resolved against the directory of the config file, not the working
+//! directory, so `sluice run` behaves the same from anywhere.
+
+use crate::commit::TableConfig;
+use crate::limits::Limits;
+use crate::source::SourceConfig;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+/// A whole pipeline config.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The `[pipeline]` table.
+    pub pipeline: PipelineSection,
+    /// The `[source]` table.
+    pub source: SourceConfig,
+    /// The `[[tables]]` the sink may write.
+    pub tables: Vec<TableConfig>,
+    /// The `[limits]` of every batch (all optional).
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// How the pipeline decides when to plan the next batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Trigger {
+    /// Run forever: plan a batch every `trigger_interval_ms` when records
+    /// are waiting, as fast as batches finish when behind.
+    #[default]
+    Continuous,
+    /// Process what is in the topics when the run starts, then stop.
+    AvailableNow,
+}
+
+/// The `[pipeline]` table.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineSection {
+    /// Names the pipeline: the Delta `txn` app id and the seed of the sink's
+    /// random numbers. Changing it makes a different pipeline.
+    pub id: String,
+    /// The sink component (`.wasm`).
+    pub component: PathBuf,
+    /// The checkpoint directory (offset log and commit log).
+    pub checkpoint: PathBuf,
+    /// Where batch scratch directories go (default: `<checkpoint>/scratch`).
+    #[serde(default)]
+    pub scratch: Option<PathBuf>,
+    /// Where compiled components are cached (default: `<checkpoint>/cache`).
+    #[serde(default)]
+    pub cache: Option<PathBuf>,
+    /// When to plan batches.
+    #[serde(default)]
+    pub trigger: Trigger,
+    /// Minimum time between batch starts when caught up, in ms.
+    #[serde(default = "default_trigger_interval_ms")]
+    pub trigger_interval_ms: u64,
+    /// Attempts per batch before the pipeline stops (retryable failures only).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Wait before the first retry, in ms; doubles per retry up to 30 s.
+    #[serde(default = "default_retry_backoff_ms")]
+    pub retry_backoff_ms: u64,
+    /// Write Prometheus-format metrics to this file after every batch.
+    #[serde(default)]
+    pub metrics_file: Option<PathBuf>,
+}
+
+fn default_trigger_interval_ms() -> u64 {
+    1_000
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+
+fn default_retry_backoff_ms() -> u64 {
+    500
+}
+
+/// The config file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, or a key is missing, unknown or mistyped.
+    #[error("{}: `{key}`: {message}", location(path, *line))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The dotted key (`source.topics`), or `(file)` for syntax errors.
+        key: String,
+        /// The line, when known.
+        line: Option<usize>,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl PipelineConfig {
+    /// Read and check `path`; relative paths in it become relative to its
+    /// directory.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut config = Self::parse(&text).map_err(|e| e.in_file(path))?;
+        config.resolve_paths(base);
+        Ok(config)
+    }
+
+    /// Parse and check config text (paths are left as written).
+    pub fn parse(text: &str) -> Result<Self, ConfigError> {
+        let invalid = |key: String, line: Option<usize>, message: String| ConfigError::Invalid {
+            path: PathBuf::new(),
+            key,
+            line,
+            message,
+        };
+        let line_of = |span: Option<std::ops::Range<usize>>| {
+            span.map(|s| text.as_bytes()[..s.start.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1)
+        };
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| invalid("(file)".into(), line_of(e.span()), e.message().to_owned()))?;
+        let config: Self = serde_path_to_error::deserialize(de).map_err(|e| {
+            let key = e.path().to_string();
+            let inner = e.into_inner();
+            invalid(if key == "." { "(top level)".into() } else { key }, line_of(inner.span()), inner.message().to_owned())
+        })?;
+        config.check().map_err(|(key, message)| invalid(key, None, message))?;
+        Ok(config)
+    }
+
+    /// Rules serde cannot express.
+    fn check(&self) -> Result<(), (String, String)> {
+        let p = &self.pipeline;
+        if p.id.is_empty() || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+            return Err(("pipeline.id".into(), format!("`{}` must be non-empty ASCII letters, digits, `-`, `_` or `.`", p.id)));
+        }
+        if p.max_attempts == 0 {
+            return Err(("pipeline.max_attempts".into(), "must be at least 1".into()));
+        }
+        let s = &self.source;
+        if s.topics.is_empty() {
+            return Err(("source.topics".into(), "name at least one topic".into()));
+        }
+        if s.max_records_per_batch == 0 {
+            return Err(("source.max_records_per_batch".into(), "must be at least 1".into()));
+        }
+        if s.max_bytes_per_batch == Some(0) {
+            return Err(("source.max_bytes_per_batch".into(), "must be at least 1".into()));
+        }
+        if self.tables.is_empty() {
+            return Err(("tables".into(), "declare at least one [[tables]] entry for the sink to write".into()));
+        }
+        let mut names = BTreeSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            if !names.insert(&t.name) {
+                return Err((format!("tables[{i}].name"), format!("table `{}` is declared twice", t.name)));
+            }
+            let mut columns = BTreeSet::new();
+            for (j, c) in t.columns.iter().enumerate() {
+                if !columns.insert(&c.name) {
+                    return Err((format!("tables[{i}].columns[{j}].name"), format!("column `{}` is declared twice", c.name)));
+                }
+            }
+            if t.columns.is_empty() {
+                return Err((format!("tables[{i}].columns"), format!("table `{}` needs at least one column", t.name)));
+            }
+            if let Some(k) = t.keys.iter().find(|k| !columns.contains(k)) {
+                return Err((format!("tables[{i}].keys"), format!("key `{k}` is not a column of table `{}`", t.name)));
+            }
+        }
+        Ok(())
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        let p = &mut self.pipeline;
+        resolve(&mut p.component);
+        resolve(&mut p.checkpoint);
+        for dir in [&mut p.scratch, &mut p.cache, &mut p.metrics_file].into_iter().flatten() {
+            resolve(dir);
+        }
+        for t in &mut self.tables {
+            resolve(&mut t.path);
+        }
+    }
+
+    /// Where batch scratch directories go.
+    pub fn scratch_dir(&self) -> PathBuf {
+        self.pipeline.scratch.clone().unwrap_or_else(|| self.pipeline.checkpoint.join("scratch"))
+    }
+
+    /// Where compiled components are cached.
+    pub fn cache_dir(&self) -> PathBuf {
+        self.pipeline.cache.clone().unwrap_or_else(|| self.pipeline.checkpoint.join("cache"))
+    }
+
+    /// SHA-256 of what decides a batch's output apart from its records and
+    /// the component: the tables and limits. Recorded with each planned
+    /// batch, so a replay can tell when the config changed since.
+    pub fn digest(&self) -> String {
+        let decisive = serde_json::json!({
+            "pipeline_id": self.pipeline.id,
+            "tables": self.tables,
+            "limits": self.limits,
+        });
+        hex::encode(Sha256::digest(decisive.to_string().as_bytes()))
+    }
+}
+
+/// `config FILE line N`, leaving out what is unknown.
+fn location(path: &Path, line: Option<usize>) -> String {
+    let mut at = "config".to_owned();
+    if !path.as_os_str().is_empty() {
+        at += &format!(" {}", path.display());
+    }
+    if let Some(line) = line {
+        at += &format!(" line {line}");
+    }
+    at
+}
+
+impl ConfigError {
+    fn in_file(self, file: &Path) -> Self {
+        match self {
+            ConfigError::Invalid { key, line, message, .. } => {
+                ConfigError::Invalid { path: file.to_owned(), key, line, message }
+            }
+            other => other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[pipeline]
+id = "orders"
+component = "sink.wasm"
+checkpoint = "state/checkpoint"
+
+[source]
+bootstrap_servers = "127.0.0.1:9092"
+topics = ["orders"]
+
+[[tables]]
+name = "orders"
+path = "state/orders"
+keys = ["order_id"]
+columns = [
+  { name = "order_id", type = "string", nullable = false },
+  { name = "amount_cents", type = "long" },
+]
+
+[limits]
+fuel = 1000
+"#;
+
+    fn error(text: &str) -> String {
+        PipelineConfig::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn a_good_config_parses_with_defaults() {
+        let c = PipelineConfig::parse(GOOD).unwrap();
+        assert_eq!(c.pipeline.max_attempts, 3);
+        assert_eq!(c.pipeline.trigger, Trigger::Continuous);
+        assert_eq!(c.limits.fuel, 1000);
+        assert_eq!(c.limits.memory_bytes, Limits::default().memory_bytes);
+        assert_eq!(c.tables[0].keys, ["order_id"]);
+    }
+
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let e = error(&GOOD.replace("topics = [\"orders\"]", "topics = [\"orders\"]\nmax_records_per_batch = \"lots\""));
+        assert!(e.contains("`source.max_records_per_batch`") && e.contains("line 10"), "{e}");
+        let e = error(&GOOD.replace("fuel = 1000", "fuell = 1000"));
+        assert!(e.contains("`limits.fuell`") && e.contains("unknown field `fuell`"), "{e}");
+        let e = error(&GOOD.replace("type = \"long\"", "type = \"money\""));
+        assert!(e.contains("`tables[0].columns[1].type`") && e.contains("unknown variant `money`"), "{e}");
+        let e = error(&GOOD.replace("keys = [\"order_id\"]", "keys = [\"id\"]"));
+        assert!(e.contains("`tables[0].keys`: key `id` is not a column of table `orders`"), "{e}");
+        let e = error(&GOOD.replace("[source]\n", "[sauce]\n"));
+        assert!(e.contains("unknown field `sauce`"), "{e}");
+        let e = error("[pipeline\n");
+        assert!(e.contains("`(file)`") && e.contains("line 1"), "{e}");
+    }
+
+    #[test]
+    fn the_example_config_is_valid() {
+        let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/orders-upsert/pipeline.toml"));
+        let c = PipelineConfig::load(path).unwrap();
+        assert!(c.pipeline.component.ends_with("target/guests/wasm32-wasip2/release/orders_upsert.wasm"));
+        assert_eq!(c.source.properties["client.id"], "sluice-orders");
+        assert_eq!(c.limits, Limits::default(), "the example shows default limits");
+        assert_eq!(c.tables[0].keys, ["order_id"]);
+    }
+
+    #[test]
+    fn relative_paths_follow_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, GOOD).unwrap();
+        let c = PipelineConfig::load(&file).unwrap();
+        assert_eq!(c.pipeline.component, dir.path().join("sink.wasm"));
+        assert_eq!(c.tables[0].path, dir.path().join("state/orders"));
+        assert_eq!(c.scratch_dir(), dir.path().join("state/checkpoint/scratch"));
+    }
+}

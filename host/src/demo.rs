@@ -1,0 +1,232 @@
+//! `sluice demo`: the whole product on one machine, with nothing to install.
+//!
+//! Starts an in-process Kafka (librdkafka's mock cluster), produces sample
+//! orders (several updates per order id), writes a `pipeline.toml` for them
+//! and runs the example `orders-upsert` sink into a local Delta table with
+//! the real pipeline loop, then reads the table back for the summary.
+
+use crate::commit::DeltaCommitter;
+use crate::config::PipelineConfig;
+use crate::pipeline::{Event, Pipeline, PipelineError, RunSummary};
+use rdkafka::ClientConfig;
+use rdkafka::mocking::MockCluster;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The file that marks a directory as the demo's own (safe to wipe).
+const MARKER: &str = ".sluice-demo";
+const TOPIC: &str = "orders";
+const STATUSES: [&str; 4] = ["created", "paid", "shipped", "delivered"];
+
+/// What the demo does.
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    /// Where the config, checkpoint, table and metrics go.
+    pub dir: PathBuf,
+    /// Order records to produce.
+    pub records: usize,
+    /// Distinct order ids among them.
+    pub orders: usize,
+    /// Records per batch.
+    pub batch_records: u64,
+    /// The sink component.
+    pub component: PathBuf,
+}
+
+/// Why the demo failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    /// The directory is not the demo's to use.
+    #[error("{0}")]
+    Dir(String),
+    /// The embedded Kafka failed.
+    #[error("embedded kafka: {0}")]
+    Kafka(String),
+    /// The pipeline failed.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    /// Reading the result failed.
+    #[error("reading the table back: {0}")]
+    Read(String),
+}
+
+/// What the demo did.
+#[derive(Debug, Clone)]
+pub struct DemoSummary {
+    /// The pipeline's totals.
+    pub run: RunSummary,
+    /// Records produced.
+    pub produced: usize,
+    /// Rows in the table afterwards.
+    pub rows: u64,
+    /// Distinct order ids in the table.
+    pub distinct_orders: u64,
+    /// Orders whose row holds their last produced status.
+    pub latest_status_rows: u64,
+    /// The config the demo wrote.
+    pub config: PathBuf,
+    /// The table directory.
+    pub table: PathBuf,
+    /// The metrics file.
+    pub metrics: PathBuf,
+}
+
+/// The `i`-th sample record: (order id, JSON value). Order `k`'s updates
+/// go through the statuses in order, so its last record holds its final one.
+pub fn sample_order(i: usize, orders: usize) -> (String, String) {
+    let k = i % orders;
+    let id = format!("o-{k:05}");
+    let status = STATUSES[(i / orders) % STATUSES.len()];
+    let value = format!(
+        r#"{{"order_id":"{id}","customer":"c-{:03}","amount_cents":{},"status":"{status}"}}"#,
+        k % 97,
+        100 + (k * 37) % 9_900
+    );
+    (id, value)
+}
+
+/// The status order `k` ends with after `records` sample records.
+fn final_status(k: usize, records: usize, orders: usize) -> &'static str {
+    let updates = (records - k).div_ceil(orders);
+    STATUSES[(updates - 1) % STATUSES.len()]
+}
+
+/// Run the demo, reporting each batch to `on_batch`.
+pub fn run(options: &DemoOptions, on_event: impl FnMut(&Event)) -> Result<DemoSummary, DemoError> {
+    let orders = options.orders.clamp(1, options.records.max(1));
+    prepare_dir(&options.dir)?;
+    let cluster = MockCluster::new(1).map_err(|e| DemoError::Kafka(e.to_string()))?;
+    cluster.create_topic(TOPIC, 3, 1).map_err(|e| DemoError::Kafka(e.to_string()))?;
+    produce(&cluster.bootstrap_servers(), options.records, orders)?;
+
+    let config_path = options.dir.join("pipeline.toml");
+    let component = std::path::absolute(&options.component).map_err(|e| DemoError::Dir(e.to_string()))?;
+    std::fs::write(&config_path, demo_config(&cluster.bootstrap_servers(), &component, options.batch_records))
+        .map_err(|e| DemoError::Dir(format!("{}: {e}", config_path.display())))?;
+    let config = PipelineConfig::load(&config_path).map_err(|e| DemoError::Dir(e.to_string()))?;
+    let table = config.tables[0].clone();
+    let metrics = config.pipeline.metrics_file.clone().unwrap_or_default();
+    let mut pipeline = Pipeline::open(config.clone(), config_path.display().to_string())?;
+    let run = pipeline.run(on_event)?;
+    drop(pipeline);
+
+    let committer = DeltaCommitter::new(&config.pipeline.id, config.tables.clone()).map_err(|e| DemoError::Read(e.to_string()))?;
+    let read = |sql: &str| committer.query("orders", sql).map_err(|e| DemoError::Read(e.to_string()));
+    let counts = read("SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM t")?;
+    let count = |key: &str| counts.first().and_then(|r| r[key].as_u64()).unwrap_or(0);
+    let statuses = read("SELECT order_id, status FROM t")?;
+    let latest_status_rows = statuses
+        .iter()
+        .filter(|r| {
+            let id = r["order_id"].as_str().unwrap_or_default();
+            let k: usize = id.trim_start_matches("o-").parse().unwrap_or(usize::MAX);
+            k < orders && r["status"].as_str() == Some(final_status(k, options.records, orders))
+        })
+        .count() as u64;
+    Ok(DemoSummary {
+        run,
+        produced: options.records,
+        rows: count("n"),
+        distinct_orders: count("d"),
+        latest_status_rows,
+        config: config_path,
+        table: table.path,
+        metrics,
+    })
+}
+
+/// Make `dir` empty, refusing to wipe a directory the demo did not create.
+fn prepare_dir(dir: &Path) -> Result<(), DemoError> {
+    let err = |e: std::io::Error| DemoError::Dir(format!("{}: {e}", dir.display()));
+    if dir.exists() {
+        let empty = std::fs::read_dir(dir).map_err(err)?.next().is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            return Err(DemoError::Dir(format!(
+                "{} exists and was not made by `sluice demo`; choose another --dir",
+                dir.display()
+            )));
+        }
+        // A previous demo's checkpoint would not match a new embedded Kafka.
+        std::fs::remove_dir_all(dir).map_err(err)?;
+    }
+    std::fs::create_dir_all(dir).map_err(err)?;
+    std::fs::write(dir.join(MARKER), "made by `sluice demo`; the next demo run replaces this directory\n").map_err(err)
+}
+
+fn produce(bootstrap: &str, records: usize, orders: usize) -> Result<(), DemoError> {
+    let kafka = |e: rdkafka::error::KafkaError| DemoError::Kafka(e.to_string());
+    let producer: BaseProducer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(kafka)?;
+    for i in 0..records {
+        let (key, value) = sample_order(i, orders);
+        let mut record = BaseRecord::to(TOPIC).key(&key).payload(&value);
+        // Keyed records of one order share a partition, so its updates stay
+        // in order; retry when the local queue is full.
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => return Err(kafka(e)),
+            }
+        }
+        producer.poll(Duration::ZERO);
+    }
+    producer.flush(Duration::from_secs(30)).map_err(kafka)
+}
+
+fn demo_config(bootstrap: &str, component: &Path, batch_records: u64) -> String {
+    format!(
+        r#"# Written by `sluice demo`. The broker below is the demo's in-process Kafka,
+# gone when the demo exits; point bootstrap_servers at a real cluster to reuse this.
+
+[pipeline]
+id = "demo-orders"
+component = "{component}"
+checkpoint = "checkpoint"
+trigger = "available_now"
+metrics_file = "metrics.prom"
+
+[source]
+bootstrap_servers = "{bootstrap}"
+topics = ["{TOPIC}"]
+max_records_per_batch = {batch_records}
+
+[[tables]]
+name = "orders"
+path = "tables/orders"
+keys = ["order_id"]
+columns = [
+  {{ name = "order_id", type = "string", nullable = false }},
+  {{ name = "customer", type = "string" }},
+  {{ name = "amount_cents", type = "long" }},
+  {{ name = "status", type = "string" }},
+  {{ name = "updated_at_ms", type = "long" }},
+  {{ name = "source_offset", type = "long" }},
+]
+"#,
+        component = component.display().to_string().replace('\\', "\\\\").replace('"', "\\\"")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sample_orders_end_in_their_final_status() {
+        let (records, orders) = (10, 4);
+        let mut last = std::collections::HashMap::new();
+        for i in 0..records {
+            let (id, value) = sample_order(i, orders);
+            let v: serde_json::Value = serde_json::from_str(&value).unwrap();
+            assert_eq!(v["order_id"], id);
+            last.insert(i % orders, v["status"].as_str().unwrap().to_owned());
+        }
+        for k in 0..orders {
+            assert_eq!(last[&k], final_status(k, records, orders), "order {k}");
+        }
+    }
+}

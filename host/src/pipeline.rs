@@ -1,0 +1,558 @@
+//! The pipeline loop: the batch life of DESIGN.md, in one place.
+//!
+//! ```text
+//!  plan N ─► offsets/N ─► every table at ≥ N? ── yes ──► commits/N (sink not run)
+//!                              │ no
+//!                              ▼
+//!            fetch ranges ─► fresh instance runs the sink ─► failed? retry (backoff,
+//!                              │ ok                          fresh instance) or stop
+//!                              ▼
+//!            one Delta txn(app, N) per table ─► commits/N ─► advisory group commit
+//! ```
+//!
+//! Every step is idempotent given the step before it, so a crash anywhere
+//! resumes by re-running the pending batch from its recorded plan. What
+//! makes a half-committed batch safe to finish is determinism: the re-run
+//! produces the same output, and tables already at ≥ N are skipped.
+
+use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, PlannedBatch};
+use crate::commit::{CommitError, DeltaCommitter};
+use crate::config::{PipelineConfig, Trigger};
+use crate::error::{BatchError, BatchFailure, LoadError};
+use crate::metrics::Metrics;
+use crate::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
+use crate::runtime::{RuntimeBuilder, Sink};
+use crate::source::{KafkaSource, KafkaSourceError};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// How many versions back to look for a batch's commit after a restart.
+const FIND_COMMIT_DEPTH: u64 = 64;
+/// The longest wait between two attempts of a batch.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// Why the pipeline stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// The checkpoint is unusable (owned by another process, corrupt, I/O).
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The sink component cannot be loaded.
+    #[error("sink component {path}: {source}")]
+    Load {
+        /// The component.
+        path: PathBuf,
+        /// Why.
+        source: LoadError,
+    },
+    /// Kafka failed outside a batch (connecting, planning).
+    #[error(transparent)]
+    Source(#[from] KafkaSourceError),
+    /// A table cannot be opened, created or written.
+    #[error("batch {batch_id}: {source}")]
+    Commit {
+        /// The batch (or the next one, when checking tables at start).
+        batch_id: u64,
+        /// Why.
+        source: CommitError,
+    },
+    /// The batch failed on every attempt, or in a way no retry can fix.
+    #[error(
+        "batch {batch_id} failed after {attempts} attempt(s): {failure}\n\
+         nothing of batch {batch_id} was committed; fix the sink or its input, then run again (the batch is \
+         re-run as planned). To reproduce it: sluice replay {config} --batch {batch_id}"
+    )]
+    BatchFailed {
+        /// The batch.
+        batch_id: u64,
+        /// Attempts made.
+        attempts: u32,
+        /// The last attempt's failure.
+        failure: Box<BatchFailure>,
+        /// The config file, for the replay command.
+        config: String,
+    },
+    /// A half-committed batch would be finished by a different component,
+    /// whose output may differ from what the committed tables hold.
+    #[error(
+        "batch {batch_id} is committed to tables {committed:?} but not to {pending:?}, and the sink \
+         component changed since it was planned ({planned} → {current}); finishing it with another \
+         component could commit output that disagrees. Run the planned component to finish batch \
+         {batch_id}, then switch"
+    )]
+    ComponentChanged {
+        /// The batch.
+        batch_id: u64,
+        /// Tables already holding it.
+        committed: Vec<String>,
+        /// Tables not yet holding it.
+        pending: Vec<String>,
+        /// Digest of the component it was planned with.
+        planned: String,
+        /// Digest of the component configured now.
+        current: String,
+    },
+}
+
+/// What happened to one batch, for the progress line.
+#[derive(Debug, Clone)]
+pub struct BatchReport {
+    /// The batch.
+    pub batch_id: u64,
+    /// Records delivered to the sink (0 when the sink was not run).
+    pub records: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Attempts it took (0 when the sink was not run).
+    pub attempts: u32,
+    /// Found already committed after a restart: the sink was not run.
+    pub already_committed: bool,
+    /// Time checking the tables for the batch before running the sink.
+    pub check: Duration,
+    /// Time in the sink, all attempts.
+    pub sink: Duration,
+    /// Time committing to Delta.
+    pub commit: Duration,
+    /// Plan (or resume) to commit log.
+    pub total: Duration,
+    /// Table → Delta version holding the batch.
+    pub table_versions: BTreeMap<String, u64>,
+    /// The batch output digest.
+    pub output_digest: String,
+}
+
+/// What the pipeline tells its caller as it goes.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// A batch is committed (or was found committed after a restart).
+    Committed(BatchReport),
+    /// A step failed in a way that may pass; it is tried again after
+    /// `backoff` (planning: `batch_id` is `None`).
+    Retrying {
+        /// The batch, if the failure was running one.
+        batch_id: Option<u64>,
+        /// The attempt that failed (1-based).
+        attempt: u32,
+        /// Attempts allowed.
+        max_attempts: u32,
+        /// Why it failed.
+        error: String,
+        /// The wait before the next attempt.
+        backoff: Duration,
+    },
+}
+
+/// Why [`Pipeline::run`] returned normally.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stopped {
+    /// `trigger = "available_now"` and everything available was committed.
+    CaughtUp,
+    /// A stop was requested (SIGINT/SIGTERM); the last batch was finished.
+    Requested,
+}
+
+/// Totals of one [`Pipeline::run`].
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// Why it stopped.
+    pub stopped: Stopped,
+    /// Batches committed (including ones found already committed).
+    pub batches: u64,
+    /// Records delivered to the sink.
+    pub records: u64,
+    /// The last committed batch, if any.
+    pub last_committed: Option<u64>,
+    /// Table → Delta version after the last batch.
+    pub table_versions: BTreeMap<String, u64>,
+}
+
+/// A pipeline that owns its checkpoint.
+pub struct Pipeline {
+    config: PipelineConfig,
+    config_path: String,
+    config_digest: String,
+    checkpoint: Checkpoint,
+    source: KafkaSource,
+    committer: DeltaCommitter,
+    sink: Sink,
+    metrics: Metrics,
+    stop: Arc<AtomicBool>,
+    /// The last committed batch and the ends of its ranges.
+    last_committed: Option<CommittedBatch>,
+    ends: BTreeMap<(String, i32), i64>,
+    pending: Option<PlannedBatch>,
+    /// Average bytes per record of the last batch, for `max_bytes_per_batch`.
+    record_size: Option<u64>,
+}
+
+impl Pipeline {
+    /// Take ownership of the checkpoint, load the sink, check the tables and
+    /// connect to Kafka, in that order: a second `sluice run` on the same
+    /// checkpoint is refused before it touches anything.
+    pub fn open(config: PipelineConfig, config_path: impl Into<String>) -> Result<Self, PipelineError> {
+        let checkpoint = Checkpoint::open(&config.pipeline.checkpoint)?;
+        let resume = checkpoint.resume()?;
+        let ends = match &resume.last_committed {
+            Some(c) => {
+                let planned = checkpoint.planned(c.batch_id)?.ok_or_else(|| CheckpointError::Corrupt {
+                    path: checkpoint.dir().join("offsets").join(c.batch_id.to_string()),
+                    reason: format!("batch {} is committed but its plan is missing", c.batch_id),
+                })?;
+                range_ends(&planned.ranges)
+            }
+            None => BTreeMap::new(),
+        };
+
+        let runtime = RuntimeBuilder::new(config.scratch_dir())
+            .with_limits(config.limits.clone())
+            .with_cache_dir(config.cache_dir())
+            .with_tables(config.tables.iter().map(|t| t.name.clone()))
+            .with_max_concurrent_batches(1)
+            .build()
+            .map_err(|source| PipelineError::Load { path: config.pipeline.component.clone(), source })?;
+        let sink = runtime
+            .load(&config.pipeline.component)
+            .map_err(|source| PipelineError::Load { path: config.pipeline.component.clone(), source })?;
+
+        let next = resume.last_committed.as_ref().map_or(0, |c| c.batch_id + 1);
+        let commit_err = |source| PipelineError::Commit { batch_id: next, source };
+        let existing = resume.last_committed.iter().flat_map(|c| c.table_versions.keys().cloned());
+        let committer = DeltaCommitter::new(&config.pipeline.id, config.tables.clone())
+            .map_err(|e| commit_err(CommitError::Io(e)))?
+            .expect_existing(existing.collect::<Vec<_>>());
+        committer.ensure_tables().map_err(commit_err)?;
+
+        let mut source_config = config.source.clone();
+        // The advisory offsets go to a group named after the pipeline.
+        source_config.properties.entry("group.id".into()).or_insert_with(|| format!("sluice-{}", config.pipeline.id));
+        let source = KafkaSource::connect(source_config)?;
+
+        Ok(Self {
+            config_digest: config.digest(),
+            metrics: Metrics { pipeline: config.pipeline.id.clone(), ..Default::default() },
+            config,
+            config_path: config_path.into(),
+            checkpoint,
+            source,
+            committer,
+            sink,
+            stop: Arc::new(AtomicBool::new(false)),
+            last_committed: resume.last_committed,
+            ends,
+            pending: resume.pending,
+            record_size: None,
+        })
+    }
+
+    /// Set this flag to stop after the current batch.
+    pub fn stop_flag(&self) -> Arc<AtomicBool> {
+        self.stop.clone()
+    }
+
+    /// The digest of the loaded sink component.
+    pub fn component_digest(&self) -> &str {
+        self.sink.digest()
+    }
+
+    /// Run batches until caught up (`available_now`), stopped, or failed.
+    /// `on_event` sees every committed batch and every retry.
+    pub fn run(&mut self, mut on_event: impl FnMut(&Event)) -> Result<RunSummary, PipelineError> {
+        let until = match self.config.pipeline.trigger {
+            Trigger::AvailableNow => match self.with_retries(&mut on_event, |s| s.source.high_watermarks())? {
+                Some(highs) => Some(highs),
+                None => return Ok(self.summary(Stopped::Requested)),
+            },
+            Trigger::Continuous => None,
+        };
+        let mut summary = self.summary(Stopped::Requested);
+        let mut last_start: Option<Instant> = None;
+        loop {
+            let batch = match self.pending.take() {
+                Some(pending) => pending,
+                None => {
+                    if self.stopping() {
+                        return Ok(summary);
+                    }
+                    if until.is_none()
+                        && let Some(start) = last_start
+                        && !self.wait(start + Duration::from_millis(self.config.pipeline.trigger_interval_ms))
+                    {
+                        return Ok(summary);
+                    }
+                    last_start = Some(Instant::now());
+                    let budget = self.record_budget();
+                    let plan = |s: &mut Self| s.source.plan_up_to(&s.ends, budget, until.as_ref());
+                    let Some(ranges) = self.with_retries(&mut on_event, plan)? else { return Ok(summary) };
+                    if ranges.iter().all(|r| r.end == r.start) {
+                        if until.is_some() {
+                            summary.stopped = Stopped::CaughtUp;
+                            return Ok(summary);
+                        }
+                        continue;
+                    }
+                    let planned = PlannedBatch {
+                        batch_id: self.last_committed.as_ref().map_or(0, |c| c.batch_id + 1),
+                        planned_timestamp_ms: now_ms(),
+                        ranges,
+                        component_digest: self.sink.digest().to_owned(),
+                        config_digest: self.config_digest.clone(),
+                    };
+                    self.checkpoint.record_planned(&planned)?;
+                    crate::failpoint::hit("after-offsets-log");
+                    planned
+                }
+            };
+            let Some(report) = self.process(&batch, &mut on_event)? else { return Ok(summary) };
+            summary.batches += 1;
+            summary.records += report.records;
+            summary.last_committed = Some(report.batch_id);
+            summary.table_versions = report.table_versions.clone();
+            on_event(&Event::Committed(report));
+        }
+    }
+
+    fn summary(&self, stopped: Stopped) -> RunSummary {
+        RunSummary {
+            stopped,
+            batches: 0,
+            records: 0,
+            last_committed: self.last_committed.as_ref().map(|c| c.batch_id),
+            table_versions: self.last_committed.as_ref().map(|c| c.table_versions.clone()).unwrap_or_default(),
+        }
+    }
+
+    /// Run a Kafka request, retrying transient failures (a broker restart,
+    /// say) with backoff. `None` when stopped while waiting.
+    fn with_retries<T>(
+        &mut self,
+        on_event: &mut impl FnMut(&Event),
+        mut request: impl FnMut(&mut Self) -> Result<T, KafkaSourceError>,
+    ) -> Result<Option<T>, PipelineError> {
+        let max_attempts = self.config.pipeline.max_attempts;
+        let mut backoff = Duration::from_millis(self.config.pipeline.retry_backoff_ms);
+        for attempt in 1.. {
+            match request(self) {
+                Ok(value) => return Ok(Some(value)),
+                Err(e) if e.transient() && attempt < max_attempts => {
+                    on_event(&Event::Retrying { batch_id: None, attempt, max_attempts, error: e.to_string(), backoff });
+                    if !self.wait(Instant::now() + backoff) {
+                        return Ok(None);
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Steps 2–5 of the batch life. `None` when stopped while waiting to retry.
+    fn process(&mut self, planned: &PlannedBatch, on_event: &mut impl FnMut(&Event)) -> Result<Option<BatchReport>, PipelineError> {
+        let started = Instant::now();
+        let n = planned.batch_id;
+        let commit_err = |source| PipelineError::Commit { batch_id: n, source };
+        let txns = self.committer.committed_batches().map_err(commit_err)?;
+        let check = started.elapsed();
+        let holding = |v: &Option<i64>| v.is_some_and(|v| v >= n as i64);
+        let (done, todo): (Vec<_>, Vec<_>) = txns.iter().partition(|(_, v)| holding(v));
+
+        let report = if todo.is_empty() {
+            // Committed before a crash, not yet logged: log it, skip the sink.
+            let found = self.committer.find_batch(n, FIND_COMMIT_DEPTH).map_err(commit_err)?;
+            let versions = self.committer.ensure_tables().map_err(commit_err)?;
+            let table_versions = found.iter().map(|(t, c)| (t.clone(), c.as_ref().map_or(versions[t], |c| c.version))).collect();
+            let output_digest = found.values().flatten().map(|c| c.output_digest.clone()).next().unwrap_or_default();
+            self.metrics.batches_skipped += 1;
+            BatchReport {
+                batch_id: n,
+                records: 0,
+                bytes: 0,
+                attempts: 0,
+                already_committed: true,
+                check,
+                sink: Duration::ZERO,
+                commit: Duration::ZERO,
+                total: started.elapsed(),
+                table_versions,
+                output_digest,
+            }
+        } else {
+            if planned.component_digest != self.sink.digest() && !done.is_empty() {
+                return Err(PipelineError::ComponentChanged {
+                    batch_id: n,
+                    committed: done.iter().map(|(t, _)| (*t).clone()).collect(),
+                    pending: todo.iter().map(|(t, _)| (*t).clone()).collect(),
+                    planned: planned.component_digest.clone(),
+                    current: self.sink.digest().to_owned(),
+                });
+            }
+            let Some((output, attempts, sink_time)) = self.run_sink(planned, on_event)? else { return Ok(None) };
+            let commit_start = Instant::now();
+            let table_versions = self.committer.commit(&output).map_err(commit_err)?;
+            let commit = commit_start.elapsed();
+            crate::failpoint::hit("after-table-commits");
+            if output.records_in > 0 {
+                self.record_size = Some(output.record_bytes_in.div_ceil(output.records_in).max(1));
+            }
+            BatchReport {
+                batch_id: n,
+                records: output.records_in,
+                bytes: output.record_bytes_in,
+                attempts,
+                already_committed: false,
+                check,
+                sink: sink_time,
+                commit,
+                total: started.elapsed(),
+                table_versions,
+                output_digest: output.digest,
+            }
+        };
+
+        let committed =
+            CommittedBatch { batch_id: n, output_digest: report.output_digest.clone(), table_versions: report.table_versions.clone() };
+        self.checkpoint.record_committed(&committed)?;
+        if let Err(e) = self.source.commit_advisory(&planned.ranges) {
+            eprintln!("sluice: warning: {e} (lag tools may show stale offsets; sluice's own offsets are safe)");
+        }
+        self.ends.extend(range_ends(&planned.ranges));
+        self.last_committed = Some(committed);
+        self.update_metrics(&report);
+        Ok(Some(report))
+    }
+
+    /// Run the sink with retries. `None` when stopped while waiting to retry.
+    fn run_sink(
+        &mut self,
+        planned: &PlannedBatch,
+        on_event: &mut impl FnMut(&Event),
+    ) -> Result<Option<(crate::BatchOutput, u32, Duration)>, PipelineError> {
+        let spec = BatchSpec {
+            pipeline_id: self.config.pipeline.id.clone(),
+            batch_id: planned.batch_id,
+            planned_timestamp_ms: planned.planned_timestamp_ms,
+            ranges: planned.ranges.clone(),
+        };
+        let max_attempts = self.config.pipeline.max_attempts;
+        let mut backoff = Duration::from_millis(self.config.pipeline.retry_backoff_ms);
+        let mut sink_time = Duration::ZERO;
+        for attempt in 1..=max_attempts {
+            let started = Instant::now();
+            let result = match self.source.fetch(&planned.ranges) {
+                Ok(fetch) => self.sink.run(&spec, attempt, Box::new(InSink(fetch))),
+                Err(e) => Err(BatchFailure {
+                    batch_id: spec.batch_id,
+                    attempt,
+                    error: BatchError::Source(SourceError::Failed(e.to_string())),
+                    log: Vec::new(),
+                    kept_scratch: None,
+                }),
+            };
+            sink_time += started.elapsed();
+            let failure = match result {
+                Ok(output) => return Ok(Some((output, attempt, sink_time))),
+                Err(failure) => failure,
+            };
+            self.metrics.sink_failures += 1;
+            let retry = failure.error.retryable() && attempt < max_attempts;
+            if !retry {
+                self.write_metrics();
+                return Err(PipelineError::BatchFailed {
+                    batch_id: spec.batch_id,
+                    attempts: attempt,
+                    failure: Box::new(failure),
+                    config: self.config_path.clone(),
+                });
+            }
+            on_event(&Event::Retrying {
+                batch_id: Some(spec.batch_id),
+                attempt,
+                max_attempts,
+                error: failure.error.to_string(),
+                backoff,
+            });
+            if !self.wait(Instant::now() + backoff) {
+                return Ok(None);
+            }
+            backoff = (backoff * 2).min(MAX_BACKOFF);
+        }
+        unreachable!("the last attempt returns")
+    }
+
+    /// Records to plan: the configured count, lowered so the batch stays near
+    /// `max_bytes_per_batch` at the last batch's average record size.
+    fn record_budget(&self) -> u64 {
+        let max = self.config.source.max_records_per_batch;
+        match (self.config.source.max_bytes_per_batch, self.record_size) {
+            (Some(bytes), Some(size)) => max.min((bytes / size).max(1)),
+            _ => max,
+        }
+    }
+
+    fn update_metrics(&mut self, report: &BatchReport) {
+        if !report.already_committed {
+            let m = &mut self.metrics;
+            m.batch_committed(report.batch_id, report.records, report.bytes, report.sink, report.commit, report.total);
+        }
+        self.metrics.last_batch_id = Some(report.batch_id);
+        self.metrics.table_versions = report.table_versions.clone();
+        self.metrics.lag = self
+            .source
+            .last_high_watermarks()
+            .into_iter()
+            .map(|(k, high)| {
+                let end = self.ends.get(&k).copied().unwrap_or(0);
+                (k, (high - end).max(0))
+            })
+            .collect();
+        self.write_metrics();
+    }
+
+    fn write_metrics(&self) {
+        if let Some(path) = &self.config.pipeline.metrics_file
+            && let Err(e) = self.metrics.write(path)
+        {
+            eprintln!("sluice: warning: cannot write metrics to {}: {e}", path.display());
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Wait until `deadline` unless a stop is requested; false if it was.
+    fn wait(&self, deadline: Instant) -> bool {
+        // Signals only set a flag, so look at it every 50 ms.
+        while !self.stopping() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return true;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
+        }
+        false
+    }
+}
+
+/// The batch's records, marking the point where the sink is running (for
+/// the crash tests).
+struct InSink<S>(S);
+
+impl<S: RecordSource> RecordSource for InSink<S> {
+    fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError> {
+        crate::failpoint::hit("in-sink");
+        self.0.fill(chunk)
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Where a batch's ranges leave each partition.
+pub fn range_ends(ranges: &[SourceRange]) -> BTreeMap<(String, i32), i64> {
+    ranges.iter().map(|r| ((r.topic.clone(), r.partition), r.end)).collect()
+}

@@ -1,0 +1,183 @@
+//! `sluice status`: where a pipeline stands, read without disturbing it.
+//!
+//! Reads the checkpoint without taking ownership (a running pipeline keeps
+//! writing it), the tables without creating them, and the topics' high
+//! watermarks for lag. A part that cannot be read is reported as such; the
+//! rest is still shown.
+
+use crate::checkpoint::{Checkpoint, CommittedBatch, PlannedBatch};
+use crate::commit::{DeltaCommitter, TableState};
+use crate::config::PipelineConfig;
+use crate::pipeline::range_ends;
+use crate::source::KafkaSource;
+use serde::Serialize;
+use std::fmt;
+
+/// The status report (also the `--json` document).
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    /// Pipeline id.
+    pub pipeline: String,
+    /// The checkpoint directory.
+    pub checkpoint: String,
+    /// The pid of the `sluice run` owning the checkpoint, if one is running.
+    pub running_pid: Option<u32>,
+    /// The last committed batch.
+    pub last_committed: Option<CommittedBatch>,
+    /// A planned batch not yet committed (in progress, or to be re-run).
+    pub pending: Option<PlannedBatch>,
+    /// Per partition: committed offset, high watermark, lag.
+    pub partitions: Vec<PartitionStatus>,
+    /// Per table: version and last batch, or why it could not be read.
+    pub tables: Vec<TableStatus>,
+    /// Problems reading any of the above.
+    pub errors: Vec<String>,
+}
+
+/// One topic partition.
+#[derive(Debug, Clone, Serialize)]
+pub struct PartitionStatus {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The end of the last committed batch's range: the next offset to read.
+    pub committed_offset: Option<i64>,
+    /// The partition's high watermark, if Kafka answered.
+    pub high_watermark: Option<i64>,
+    /// Records not yet committed, if known.
+    pub lag: Option<i64>,
+}
+
+/// One table.
+#[derive(Debug, Clone, Serialize)]
+pub struct TableStatus {
+    /// Name.
+    pub name: String,
+    /// Directory.
+    pub path: String,
+    /// Version and last batch; `None` if the table does not exist (yet).
+    pub state: Option<TableState>,
+}
+
+impl Status {
+    /// Gather the status of the pipeline `config` describes.
+    pub fn gather(config: &PipelineConfig) -> Self {
+        let mut errors = Vec::new();
+        let dir = &config.pipeline.checkpoint;
+        let (mut last_committed, mut pending, mut ends) = (None, None, Default::default());
+        match Checkpoint::open_read_only(dir).and_then(|cp| {
+            let resume = cp.resume()?;
+            let ends = match &resume.last_committed {
+                Some(c) => cp.planned(c.batch_id)?.map(|p| range_ends(&p.ranges)).unwrap_or_default(),
+                None => Default::default(),
+            };
+            Ok((resume, ends))
+        }) {
+            Ok((resume, e)) => {
+                last_committed = resume.last_committed;
+                pending = resume.pending;
+                ends = e;
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+
+        let mut partitions = Vec::new();
+        let mut source_config = config.source.clone();
+        source_config.fetch_timeout_ms = source_config.fetch_timeout_ms.min(5_000);
+        match KafkaSource::connect(source_config).and_then(|s| s.high_watermarks()) {
+            Ok(highs) => {
+                for ((topic, partition), high) in highs {
+                    let committed = ends.get(&(topic.clone(), partition)).copied();
+                    let lag = Some(high - committed.unwrap_or(0));
+                    partitions.push(PartitionStatus { topic, partition, committed_offset: committed, high_watermark: Some(high), lag });
+                }
+            }
+            Err(e) => {
+                errors.push(format!("{e} (lag unknown)"));
+                for ((topic, partition), end) in &ends {
+                    partitions.push(PartitionStatus {
+                        topic: topic.clone(),
+                        partition: *partition,
+                        committed_offset: Some(*end),
+                        high_watermark: None,
+                        lag: None,
+                    });
+                }
+            }
+        }
+
+        let mut tables = Vec::new();
+        match DeltaCommitter::new(&config.pipeline.id, config.tables.clone()) {
+            Ok(committer) => {
+                for (t, state) in config.tables.iter().zip(committer.describe().into_values()) {
+                    let state = state.unwrap_or_else(|e| {
+                        errors.push(e.to_string());
+                        None
+                    });
+                    tables.push(TableStatus { name: t.name.clone(), path: t.path.display().to_string(), state });
+                }
+            }
+            Err(e) => errors.push(format!("cannot start the Delta client: {e}")),
+        }
+
+        Status {
+            pipeline: config.pipeline.id.clone(),
+            checkpoint: dir.display().to_string(),
+            running_pid: Checkpoint::owner(dir),
+            last_committed,
+            pending,
+            partitions,
+            tables,
+            errors,
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "pipeline {}  (checkpoint {})", self.pipeline, self.checkpoint)?;
+        match self.running_pid {
+            Some(pid) => writeln!(f, "  running: yes, pid {pid}")?,
+            None => writeln!(f, "  running: no")?,
+        }
+        match &self.last_committed {
+            Some(c) => writeln!(f, "  last committed batch: {} (output {})", c.batch_id, &c.output_digest[..c.output_digest.len().min(16)])?,
+            None => writeln!(f, "  last committed batch: none")?,
+        }
+        if let Some(p) = &self.pending {
+            writeln!(f, "  pending batch: {} (planned, not committed; the next run re-runs it as planned)", p.batch_id)?;
+        }
+        writeln!(f, "  partitions:")?;
+        let show = |v: Option<i64>| v.map_or("?".to_owned(), |v| v.to_string());
+        for p in &self.partitions {
+            writeln!(
+                f,
+                "    {}/{}: committed offset {}, high watermark {}, lag {}",
+                p.topic,
+                p.partition,
+                show(p.committed_offset),
+                show(p.high_watermark),
+                show(p.lag)
+            )?;
+        }
+        writeln!(f, "  tables:")?;
+        for t in &self.tables {
+            match &t.state {
+                Some(s) => writeln!(
+                    f,
+                    "    {}: version {}, last batch {}  ({})",
+                    t.name,
+                    s.version,
+                    s.last_batch.map_or("none".to_owned(), |b| b.to_string()),
+                    t.path
+                )?,
+                None => writeln!(f, "    {}: not created yet  ({})", t.name, t.path)?,
+            }
+        }
+        for e in &self.errors {
+            writeln!(f, "  error: {e}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Exactly once under `kill -9`: the `sluice run` process is killed at every
+//! step of the batch life, several times over, and at random moments; it is
+//! restarted until it finishes; then an independent reader (Python
+//! `deltalake`) checks that every produced id is in each table exactly once.
+//!
+//! The named points are failpoints (see `host/src/failpoint.rs`): the
+//! process announces it reached one and waits, and the test kills it there
+//! with SIGKILL, so each kill lands at exactly the step it names.
+
+use crate::harness::*;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::Stdio;
+use std::sync::mpsc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// The steps of a batch's life, in order; `:n` is the n-th time a run
+/// reaches it (`in-checkpoint-write:1` is the offsets file of the first
+/// batch, `:2` its commit-log file).
+const KILL_POINTS: [&str; 12] = [
+    "after-offsets-log:1",
+    "in-sink:1",
+    "between-table-commits:1",
+    "after-table-commits:1",
+    "in-checkpoint-write:1",
+    "in-checkpoint-write:2",
+    "after-offsets-log:2",
+    "in-sink:3",
+    "between-table-commits:2",
+    "after-table-commits:2",
+    "in-checkpoint-write:3",
+    "in-checkpoint-write:4",
+];
+
+#[derive(Debug, PartialEq, Eq)]
+enum Outcome {
+    /// Killed at the failpoint.
+    KilledAt,
+    /// Killed at a random moment while still running.
+    KilledRunning,
+    /// Exited by itself before the kill (with this code).
+    Exited(i32),
+}
+
+/// Run `sluice run` once. With a failpoint, kill it when it gets there; with
+/// `kill_after`, kill it then (if it is still running).
+fn run_once(config: &Path, failpoint: Option<&str>, kill_after: Option<Duration>) -> (Outcome, String) {
+    let mut cmd = sluice(&["run", config.to_str().unwrap()]);
+    if let Some(fp) = failpoint {
+        cmd.env("SLUICE_FAILPOINT", fp);
+    }
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in stderr.lines().map_while(Result::ok) {
+            if line.contains("failpoint") {
+                let _ = tx.send(());
+            }
+            all += &line;
+            all.push('\n');
+        }
+        all
+    });
+    let wait = kill_after.unwrap_or(Duration::from_secs(120));
+    let outcome = match rx.recv_timeout(wait) {
+        Ok(()) => {
+            child.kill().unwrap();
+            Outcome::KilledAt
+        }
+        Err(mpsc::RecvTimeoutError::Timeout) if kill_after.is_some() => match child.try_wait().unwrap() {
+            Some(status) => Outcome::Exited(status.code().unwrap_or(-1)),
+            None => {
+                child.kill().unwrap();
+                Outcome::KilledRunning
+            }
+        },
+        // The stderr pipe closed: the process exited on its own.
+        Err(_) => Outcome::Exited(-1),
+    };
+    let status = child.wait().unwrap();
+    let stderr = reader.join().unwrap();
+    let outcome = match outcome {
+        Outcome::Exited(_) => Outcome::Exited(status.code().unwrap_or(-1)),
+        o => o,
+    };
+    (outcome, stderr)
+}
+
+#[test]
+fn kill_minus_9_at_every_step_and_at_random_then_every_id_is_in_every_table_exactly_once() {
+    let broker = Broker::start();
+    broker.create_topic("events", 3);
+    let ids: Vec<String> = (0..1200).map(|i| format!("id-{i:05}")).collect();
+    produce(&broker.bootstrap, "events", 3, &ids);
+    let dir = tempfile::tempdir().unwrap();
+    let config = fan_out_config(dir.path(), &broker.bootstrap, "events", 40, "");
+
+    let mut runs = 0;
+    let mut kills: BTreeMap<String, usize> = BTreeMap::new();
+    for point in KILL_POINTS {
+        let (outcome, stderr) = run_once(&config, Some(point), None);
+        runs += 1;
+        assert_eq!(outcome, Outcome::KilledAt, "run at {point} should reach it: {stderr}");
+        *kills.entry(point.split(':').next().unwrap().to_owned()).or_default() += 1;
+    }
+
+    // Random moments: a small xorshift generator, seeded from the clock and
+    // printed, so a failure can be rerun with the same kills.
+    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("crash test: random kill seed {seed}");
+    let mut random_kills = 0;
+    let started = Instant::now();
+    while random_kills < 8 && started.elapsed() < Duration::from_secs(120) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let after = Duration::from_millis(30 + seed % 300);
+        let (outcome, stderr) = run_once(&config, None, Some(after));
+        runs += 1;
+        match outcome {
+            Outcome::KilledRunning => random_kills += 1,
+            Outcome::Exited(0) => break, // finished before the kill
+            other => panic!("unexpected {other:?}: {stderr}"),
+        }
+    }
+
+    // Restart until done.
+    let (outcome, stderr) = run_once(&config, None, None);
+    runs += 1;
+    assert_eq!(outcome, Outcome::Exited(0), "{stderr}");
+    eprintln!(
+        "crash test: {runs} runs; kills at named points {kills:?} ({} in all), {random_kills} at random moments",
+        KILL_POINTS.len()
+    );
+
+    for table in ["events", "audit"] {
+        let read = read_delta(&dir.path().join("tables").join(table), "fan-out");
+        let counts = read.counts("id");
+        let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+        let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+        assert!(dupes.is_empty(), "table {table}: ids not exactly once: {dupes:?}");
+        assert!(missing.is_empty(), "table {table}: missing ids: {missing:?}");
+        assert_eq!(counts.len(), ids.len(), "table {table}: no foreign ids");
+        // Batches of at most 40 over 1200 records: the last batch id is the
+        // table's txn version, with no batch skipped.
+        assert_eq!(read.txn, Some(29), "table {table}: 30 batches, ids 0..=29");
+    }
+    let audit = read_delta(&dir.path().join("tables/audit"), "fan-out");
+    let mut batches: Vec<i64> = audit.rows.iter().map(|r| r["batch_id"].as_i64().unwrap()).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    assert_eq!(batches, (0..30).collect::<Vec<_>>(), "every batch id 0..=29 holds rows");
+}
