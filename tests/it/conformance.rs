@@ -1,12 +1,13 @@
 //! Conformance: a sink behaves the same whatever language it is written in.
 //!
 //! Every case runs once per guest language (Rust, Python, JavaScript, and C
-//! for the probe cases) and asserts the same outcome: the orders-upsert sinks give the same rows and
-//! the same output digest over the same batches and reject the same
-//! malformed records with the same typed error, and `sluice run` over a real
-//! broker gives the same Delta table; the probe sinks meet the
-//! same sandbox (no way out of `/staging`, clock and random fixed per batch)
-//! and the same limits end them with the same `BatchError`.
+//! for the probe cases) and asserts the same outcome: the orders-upsert
+//! sinks give the same rows and the same output digest over the same
+//! batches, reject the same malformed records with the same typed error,
+//! and under `sluice run` on a real broker leave the same Delta table; the
+//! probe sinks meet the same sandbox (no way out of `/staging`, clock and
+//! random fixed per batch) and the same limits end them with the same
+//! `BatchError`.
 //!
 //! The Python, JavaScript and C components are built by `make test`
 //! (mk/polyglot.mk), which passes their directory as `SLUICE_POLYGLOT_DIR`;
