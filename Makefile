@@ -14,6 +14,9 @@ PYTHON := $(READER_VENV)/bin/python
 
 .PHONY: setup demo test bench bench-smoke
 
+# Python and JavaScript sinks (componentize-py, componentize-js).
+include mk/polyglot.mk
+
 # Beyond stock Rust: the Wasm component target, and OpenSSL headers for the
 # Delta Lake client (present on the usual image; installed if missing).
 setup:
@@ -35,10 +38,11 @@ demo: setup
 	$(TARGET_DIR)/release/sluice demo --dir sluice-demo
 
 # The test suite: unit tests and the integration suite in tests/it, which
-# starts its own broker processes from $(TANSU) and reads Delta tables back
-# with an independent reader (Python deltalake, $(PYTHON)).
-test: setup $(TANSU) $(READER_VENV)/.installed
-	SLUICE_TANSU=$(TANSU) SLUICE_PYTHON=$(PYTHON) cargo test --release --locked
+# starts its own broker processes from $(TANSU), reads Delta tables back
+# with an independent reader (Python deltalake, $(PYTHON)), and runs the
+# Python, JavaScript and C sinks built into $(POLYGLOT).
+test: setup $(TANSU) $(READER_VENV)/.installed polyglot-guests
+	SLUICE_TANSU=$(TANSU) SLUICE_PYTHON=$(PYTHON) SLUICE_POLYGLOT_DIR=$(abspath $(POLYGLOT)) cargo test --release --locked
 
 # Benchmarks, printing figures (not run as tests).
 bench: setup

@@ -3,6 +3,7 @@
 
 mod bad_components;
 mod cli;
+mod conformance;
 mod crash;
 mod delta_commit;
 mod determinism;

@@ -101,7 +101,11 @@ fn check_header(what: &str, bytes: &[u8]) -> Result<(), LoadError> {
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // Unique per call, not only per process: two threads loading the same
+    // component at once must not write (and rename away) the same temp file.
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("tmp{}.{seq}", std::process::id()));
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
 }
@@ -141,6 +145,21 @@ impl Drop for EpochTicker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn concurrent_compiles_of_one_component_share_the_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = SinkEngine::new(&Limits::default(), 1, Some(dir.path().to_owned())).unwrap();
+        let bytes = wat::parse_str("(component (core module (func (export \"f\"))))").unwrap();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8).map(|_| s.spawn(|| engine.compile("c", &bytes).map(|(_, d)| d))).collect();
+            for h in handles {
+                h.join().unwrap().expect("every concurrent load succeeds");
+            }
+        });
+        let files: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(files.len(), 1, "one cache entry, no temp files left: {files:?}");
+    }
 
     #[test]
     fn header_classifies_inputs() {
