@@ -62,8 +62,8 @@ pub enum PipelineError {
     /// The batch failed on every attempt, or in a way no retry can fix.
     #[error(
         "batch {batch_id} failed after {attempts} attempt(s): {failure}\n\
-         nothing of batch {batch_id} was committed; fix the sink or its input, then run again (the batch is \
-         re-run as planned). To reproduce it: sluice replay {config} --batch {batch_id}"
+         nothing of batch {batch_id} was committed. Fix the sink (or its limits), then run `sluice run {config}` \
+         again: batch {batch_id} is re-run with the same records, as planned in the checkpoint's offsets/{batch_id}"
     )]
     BatchFailed {
         /// The batch.

@@ -153,7 +153,8 @@ fn a_failing_sink_stops_with_a_report_commits_nothing_and_the_fixed_sink_finishe
     let (code, _, stderr) = run_pipeline(&config);
     assert_eq!(code, 1, "{stderr}");
     assert!(stderr.contains("error: batch 0 failed after 1 attempt(s): batch 0: sink trapped"), "{stderr}");
-    assert!(stderr.contains(&format!("To reproduce it: sluice replay {} --batch 0", config.display())), "{stderr}");
+    let rerun = format!("run `sluice run {}` again: batch 0 is re-run with the same records", config.display());
+    assert!(stderr.contains(&rerun), "{stderr}");
     assert!(stderr.contains("/staging of the last attempt kept at"), "{stderr}");
     assert!(read_delta(&dir.path().join("tables/events"), "fan-out").rows.is_empty(), "nothing committed");
     assert_eq!(snapshot(dir.path()).keys().collect::<Vec<_>>(), ["offsets/0"], "planned, not committed");
