@@ -290,3 +290,26 @@ fn a_schema_mismatch_commits_nothing_and_names_the_column() {
     assert_exactly_once(dir.path(), &ids(0..30));
 }
 
+
+#[test]
+fn sigterm_stops_a_continuous_pipeline_after_its_batch_with_exit_0() {
+    let cluster = mock_with(&ids(0..20));
+    let dir = tempfile::tempdir().unwrap();
+    let config = fan_out_config(dir.path(), &cluster.bootstrap_servers(), "events", 100, "trigger_interval_ms = 50");
+    let text = std::fs::read_to_string(&config).unwrap().replace("trigger = \"available_now\"", "trigger = \"continuous\"");
+    std::fs::write(&config, text).unwrap();
+    let mut child =
+        sluice(&["run", config.to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // Batch 0 holds all 20 records; after it the pipeline waits for more.
+    let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = stdout.next().unwrap().unwrap();
+    assert!(first.starts_with("batch 0: 20 records,"), "{first}");
+    let status = std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("sluice: stopped on request; last committed batch 0"), "{stderr}");
+    assert!(stdout.next().is_none(), "no batch after the stop");
+    assert_exactly_once(dir.path(), &ids(0..20));
+}
