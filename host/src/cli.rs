@@ -27,6 +27,8 @@ enum Command {
     Run(RunArgs),
     /// Show a pipeline's last batch, offsets, lag and table versions.
     Status(StatusArgs),
+    /// Run one recorded batch again as a dry run and compare its output.
+    Replay(ReplayArgs),
     /// Run the example upsert sink on an embedded Kafka into a local Delta table.
     Demo(DemoArgs),
     /// Run one batch of a sink over records from a JSONL file, without Kafka.
@@ -43,6 +45,21 @@ struct RunArgs {
 struct StatusArgs {
     /// The pipeline config.
     config: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct ReplayArgs {
+    /// The pipeline config.
+    config: PathBuf,
+    /// The batch to replay.
+    #[arg(long)]
+    batch: u64,
+    /// Run this component instead of the configured one (e.g. a new version).
+    #[arg(long)]
+    component: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -111,6 +128,7 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run(args),
         Command::Status(args) => status(args),
+        Command::Replay(args) => replay(args),
         Command::Demo(args) => demo(args),
         Command::Exec(args) => exec(args),
     };
@@ -211,6 +229,24 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
         print!("{status}");
     }
     Ok(if status.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Exit 0 when the replay is identical to the commit, 1 otherwise.
+fn replay(args: ReplayArgs) -> Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    let report = match sluice::replay::replay(&config, args.batch, args.component.as_deref()) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{report}");
+    }
+    Ok(if report.identical { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 fn demo(args: DemoArgs) -> Result<ExitCode> {

@@ -25,6 +25,7 @@
 //! | the batch life: plan, run, commit, log  | [`pipeline`]  |
 //! | Prometheus metrics                      | [`metrics`]   |
 //! | `sluice status`                         | [`status`]    |
+//! | `sluice replay`: one batch, dry run     | [`replay`]    |
 //! | `sluice demo`: embedded Kafka + example | [`demo`]      |
 
 mod batch_log;
@@ -41,6 +42,7 @@ pub mod metrics;
 mod output;
 pub mod pipeline;
 mod records;
+pub mod replay;
 mod runtime;
 mod scratch;
 pub mod source;
