@@ -23,9 +23,12 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// A topic partition.
+type Partition = (String, i32);
 
 /// Where a partition without a checkpointed position starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -249,7 +252,7 @@ impl KafkaSource {
     /// The (low, high) watermarks of every partition, in two ListOffsets
     /// requests per broker rather than two per partition: with many
     /// partitions, asking one by one dominated the cost of planning a batch.
-    fn all_watermarks(&self) -> Result<BTreeMap<(String, i32), (i64, i64)>, KafkaSourceError> {
+    fn all_watermarks(&self) -> Result<BTreeMap<Partition, (i64, i64)>, KafkaSourceError> {
         let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
         let ask = |which: Offset, what: &str| -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
             let mut tpl = TopicPartitionList::new();
@@ -312,53 +315,40 @@ impl KafkaSource {
             .map_err(|e| KafkaSourceError::Request(format!("advisory offset commit: {e}")))
     }
 
-    /// A record source delivering exactly `ranges`.
+    /// A record source delivering exactly `ranges`, partition by partition
+    /// in plan order, so a batch's records arrive in the same order on every
+    /// run, retry and replay (interleaving partitions as the broker answers
+    /// would make the output order, and its digest, depend on timing).
     ///
     /// Partitions stay assigned across batches: one seen for the first time
-    /// is added at its planned start, one already assigned is moved there
-    /// with a seek (which also drops anything prefetched), and assigned
-    /// partitions outside the plan are paused. Replacing the assignment every
+    /// is added at its planned start; the others are moved there with a seek
+    /// (which also drops anything prefetched) when their turn comes. Every
+    /// partition is paused until its turn. Replacing the assignment every
     /// batch instead tripped an assertion inside librdkafka when a batch
     /// ended before its partitions had started fetching.
     pub fn fetch(&self, ranges: &[SourceRange]) -> Result<KafkaFetch, KafkaSourceError> {
         let request = |what: &'static str| move |e: rdkafka::error::KafkaError| KafkaSourceError::Request(format!("{what}: {e}"));
         let assigned = self.consumer.assignment().map_err(request("assignment"))?;
-        let is_assigned = |t: &str, p: i32| assigned.find_partition(t, p).is_some();
-        let (mut add, mut seek, mut wanted, mut idle) =
-            (TopicPartitionList::new(), TopicPartitionList::new(), TopicPartitionList::new(), TopicPartitionList::new());
-        let mut pending = BTreeMap::new();
+        let mut add = TopicPartitionList::new();
+        let mut queue = VecDeque::new();
         for r in ranges.iter().filter(|r| r.end > r.start) {
-            let list = if is_assigned(&r.topic, r.partition) { &mut seek } else { &mut add };
-            list.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start)).map_err(request("plan"))?;
-            wanted.add_partition(&r.topic, r.partition);
-            pending.insert((r.topic.clone(), r.partition), r.end);
-        }
-        for e in assigned.elements() {
-            if !pending.contains_key(&(e.topic().to_owned(), e.partition())) {
-                idle.add_partition(e.topic(), e.partition());
+            let fresh = assigned.find_partition(&r.topic, r.partition).is_none();
+            if fresh {
+                add.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start)).map_err(request("plan"))?;
             }
-        }
-        if idle.count() > 0 {
-            self.consumer.pause(&idle).map_err(request("pause"))?;
+            queue.push_back(Turn { key: (r.topic.clone(), r.partition), start: r.start, end: r.end, fresh, next: r.start });
         }
         if add.count() > 0 {
             self.consumer.incremental_assign(&add).map_err(request("assign"))?;
         }
-        if seek.count() > 0 {
-            let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
-            let result = self.consumer.seek_partitions(seek, timeout).map_err(request("seek"))?;
-            if let Some(e) = result.elements().iter().find_map(|e| e.error().err().map(|err| (e.topic().to_owned(), e.partition(), err))) {
-                return Err(KafkaSourceError::Request(format!("seek {}/{}: {}", e.0, e.1, e.2)));
-            }
-        }
-        if wanted.count() > 0 {
-            // A partition paused at the end of an earlier batch stays paused
-            // across the seek.
-            self.consumer.resume(&wanted).map_err(request("resume"))?;
+        let all = self.consumer.assignment().map_err(request("assignment"))?;
+        if all.count() > 0 {
+            self.consumer.pause(&all).map_err(request("pause"))?;
         }
         Ok(KafkaFetch {
             consumer: self.consumer.clone(),
-            pending,
+            queue,
+            current: None,
             timeout: Duration::from_millis(self.config.fetch_timeout_ms),
         })
     }
@@ -386,46 +376,78 @@ fn share_fairly(available: &[u64], budget: u64) -> Vec<u64> {
     takes
 }
 
+/// One partition's turn in a fetch.
+#[derive(Debug)]
+struct Turn {
+    key: Partition,
+    start: i64,
+    end: i64,
+    /// Just assigned at `start`: no seek needed.
+    fresh: bool,
+    /// The lowest offset not yet delivered.
+    next: i64,
+}
+
 /// Fetches planned ranges; a [`RecordSource`] for the sink runtime.
 pub struct KafkaFetch {
     consumer: Arc<BaseConsumer>,
-    /// Partitions not yet read to their end → the range's end.
-    pending: BTreeMap<(String, i32), i64>,
+    /// Partitions still to read, in plan order.
+    queue: VecDeque<Turn>,
+    /// The partition being read.
+    current: Option<Turn>,
     timeout: Duration,
 }
 
 impl KafkaFetch {
-    fn finish(&mut self, key: &(String, i32)) -> Result<(), SourceError> {
-        self.pending.remove(key);
+    /// Position the next partition at its start and let it fetch.
+    fn start_next(&mut self) -> Result<bool, SourceError> {
+        let Some(turn) = self.queue.pop_front() else { return Ok(false) };
+        let failed = |what: &str, e: rdkafka::error::KafkaError| {
+            SourceError::Failed(format!("kafka: {what} {}/{}: {e}", turn.key.0, turn.key.1))
+        };
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&key.0, key.1);
-        // Stop fetching past the range; what was prefetched is dropped below.
-        self.consumer.pause(&tpl).map_err(|e| SourceError::Failed(format!("kafka: pause {}/{}: {e}", key.0, key.1)))
+        tpl.add_partition_offset(&turn.key.0, turn.key.1, Offset::Offset(turn.start)).map_err(|e| failed("plan", e))?;
+        if !turn.fresh {
+            let result = self.consumer.seek_partitions(tpl.clone(), self.timeout).map_err(|e| failed("seek", e))?;
+            if let Some(err) = result.elements().iter().find_map(|e| e.error().err()) {
+                return Err(failed("seek", err));
+            }
+        }
+        self.consumer.resume(&tpl).map_err(|e| failed("resume", e))?;
+        self.current = Some(turn);
+        Ok(true)
     }
 
-    /// Partitions whose consumer position passed the end (the last offsets
-    /// were transaction markers or compacted away) are complete.
-    fn finish_by_position(&mut self) -> Result<(), SourceError> {
+    /// The current partition is read to its end: pause it.
+    fn finish_current(&mut self) -> Result<(), SourceError> {
+        let Some(turn) = self.current.take() else { return Ok(()) };
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition(&turn.key.0, turn.key.1);
+        // Stop fetching past the range; what was prefetched is dropped.
+        self.consumer
+            .pause(&tpl)
+            .map_err(|e| SourceError::Failed(format!("kafka: pause {}/{}: {e}", turn.key.0, turn.key.1)))
+    }
+
+    /// Whether the consumer position passed the current range's end (its
+    /// last offsets were transaction markers or compacted away).
+    fn current_passed_end(&self) -> Result<bool, SourceError> {
+        let Some(turn) = &self.current else { return Ok(false) };
         let positions = self.consumer.position().map_err(|e| SourceError::Failed(format!("kafka: position: {e}")))?;
-        let done: Vec<(String, i32)> = self
-            .pending
-            .iter()
-            .filter(|((topic, partition), end)| {
-                positions
-                    .find_partition(topic, *partition)
-                    .and_then(|p| p.offset().to_raw())
-                    .is_some_and(|pos| pos >= **end)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        done.iter().try_for_each(|k| self.finish(k))
+        Ok(positions
+            .find_partition(&turn.key.0, turn.key.1)
+            .and_then(|p| p.offset().to_raw())
+            .is_some_and(|pos| pos >= turn.end))
     }
 }
 
 impl RecordSource for KafkaFetch {
     fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError> {
         let mut last_progress = Instant::now();
-        while !self.pending.is_empty() {
+        loop {
+            if self.current.is_none() && !self.start_next()? {
+                return Ok(Fill::Done);
+            }
             if chunk.is_full() {
                 return Ok(Fill::More);
             }
@@ -433,24 +455,32 @@ impl RecordSource for KafkaFetch {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => return Err(SourceError::Failed(format!("kafka: fetch: {e}"))),
                 None => {
-                    self.finish_by_position()?;
-                    if last_progress.elapsed() > self.timeout {
-                        let waiting: Vec<String> =
-                            self.pending.iter().map(|((t, p), end)| format!("{t}/{p} (up to offset {end})")).collect();
+                    if self.current_passed_end()? {
+                        self.finish_current()?;
+                    } else if last_progress.elapsed() > self.timeout {
+                        let turn = self.current.as_ref().expect("a partition is being read");
                         return Err(SourceError::Failed(format!(
-                            "kafka: no progress for {} ms fetching {}",
+                            "kafka: no progress for {} ms fetching {}/{} (up to offset {})",
                             self.timeout.as_millis(),
-                            waiting.join(", ")
+                            turn.key.0,
+                            turn.key.1,
+                            turn.end
                         )));
                     }
                     continue;
                 }
             };
             last_progress = Instant::now();
-            let key = (message.topic().to_owned(), message.partition());
-            let Some(&end) = self.pending.get(&key) else { continue };
+            let turn = self.current.as_ref().expect("a partition is being read");
+            // Another partition's record, fetched before its pause took
+            // effect: it is read again after the seek of its own turn.
+            // Below `next`: already delivered (never twice, whatever the client does).
+            if message.topic() != turn.key.0 || message.partition() != turn.key.1 || message.offset() < turn.next {
+                continue;
+            }
+            let end = turn.end;
             if message.offset() >= end {
-                self.finish(&key)?;
+                self.finish_current()?;
                 continue;
             }
             let headers: Vec<(&str, Option<&[u8]>)> =
@@ -464,11 +494,13 @@ impl RecordSource for KafkaFetch {
                 message.payload(),
                 headers,
             )?;
+            if let Some(turn) = self.current.as_mut() {
+                turn.next = message.offset() + 1;
+            }
             if message.offset() + 1 >= end {
-                self.finish(&key)?;
+                self.finish_current()?;
             }
         }
-        Ok(Fill::Done)
     }
 }
 
