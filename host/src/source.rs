@@ -17,7 +17,7 @@
 //!  fetch(ranges) ─► assign at starts ─► poll ─► chunk ─► … ─► every position ≥ end
 //! ```
 
-use crate::records::{ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
+use crate::records::{ChunkBuilder, Fill, OwnedRecord, RecordSource, SourceError, SourceRange};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Headers, Message};
@@ -320,35 +320,59 @@ impl KafkaSource {
     /// run, retry and replay (interleaving partitions as the broker answers
     /// would make the output order, and its digest, depend on timing).
     ///
+    /// All planned partitions fetch at once; records of a partition whose
+    /// turn has not come are held in memory until it does (at most the
+    /// batch, which `max_records_per_batch` bounds), and a partition is
+    /// paused as soon as its range is complete.
+    ///
     /// Partitions stay assigned across batches: one seen for the first time
-    /// is added at its planned start; the others are moved there with a seek
-    /// (which also drops anything prefetched) when their turn comes. Every
-    /// partition is paused until its turn. Replacing the assignment every
+    /// is added at its planned start, one already assigned is moved there
+    /// with a seek (which also drops anything prefetched), and assigned
+    /// partitions outside the plan are paused. Replacing the assignment every
     /// batch instead tripped an assertion inside librdkafka when a batch
     /// ended before its partitions had started fetching.
     pub fn fetch(&self, ranges: &[SourceRange]) -> Result<KafkaFetch, KafkaSourceError> {
         let request = |what: &'static str| move |e: rdkafka::error::KafkaError| KafkaSourceError::Request(format!("{what}: {e}"));
         let assigned = self.consumer.assignment().map_err(request("assignment"))?;
-        let mut add = TopicPartitionList::new();
-        let mut queue = VecDeque::new();
+        let (mut add, mut seek, mut wanted, mut idle) =
+            (TopicPartitionList::new(), TopicPartitionList::new(), TopicPartitionList::new(), TopicPartitionList::new());
+        let mut order = VecDeque::new();
+        let mut parts = BTreeMap::new();
         for r in ranges.iter().filter(|r| r.end > r.start) {
-            let fresh = assigned.find_partition(&r.topic, r.partition).is_none();
-            if fresh {
-                add.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start)).map_err(request("plan"))?;
+            let list = if assigned.find_partition(&r.topic, r.partition).is_some() { &mut seek } else { &mut add };
+            list.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start)).map_err(request("plan"))?;
+            wanted.add_partition(&r.topic, r.partition);
+            let key = (r.topic.clone(), r.partition);
+            order.push_back(key.clone());
+            parts.insert(key, Part { end: r.end, next: r.start, held: VecDeque::new(), done: false });
+        }
+        for e in assigned.elements() {
+            if !parts.contains_key(&(e.topic().to_owned(), e.partition())) {
+                idle.add_partition(e.topic(), e.partition());
             }
-            queue.push_back(Turn { key: (r.topic.clone(), r.partition), start: r.start, end: r.end, fresh, next: r.start });
+        }
+        if idle.count() > 0 {
+            self.consumer.pause(&idle).map_err(request("pause"))?;
         }
         if add.count() > 0 {
             self.consumer.incremental_assign(&add).map_err(request("assign"))?;
         }
-        let all = self.consumer.assignment().map_err(request("assignment"))?;
-        if all.count() > 0 {
-            self.consumer.pause(&all).map_err(request("pause"))?;
+        if seek.count() > 0 {
+            let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
+            let result = self.consumer.seek_partitions(seek, timeout).map_err(request("seek"))?;
+            if let Some(e) = result.elements().iter().find_map(|e| e.error().err().map(|err| (e.topic().to_owned(), e.partition(), err))) {
+                return Err(KafkaSourceError::Request(format!("seek {}/{}: {}", e.0, e.1, e.2)));
+            }
+        }
+        if wanted.count() > 0 {
+            // A partition paused at the end of an earlier batch stays paused
+            // across the seek.
+            self.consumer.resume(&wanted).map_err(request("resume"))?;
         }
         Ok(KafkaFetch {
             consumer: self.consumer.clone(),
-            queue,
-            current: None,
+            order,
+            parts,
             timeout: Duration::from_millis(self.config.fetch_timeout_ms),
         })
     }
@@ -376,68 +400,77 @@ fn share_fairly(available: &[u64], budget: u64) -> Vec<u64> {
     takes
 }
 
-/// One partition's turn in a fetch.
+/// One planned partition in a fetch.
 #[derive(Debug)]
-struct Turn {
-    key: Partition,
-    start: i64,
+struct Part {
+    /// End of its range.
     end: i64,
-    /// Just assigned at `start`: no seek needed.
-    fresh: bool,
-    /// The lowest offset not yet delivered.
+    /// The lowest offset not yet received.
     next: i64,
+    /// Received before the partition's turn, in offset order.
+    held: VecDeque<OwnedRecord>,
+    /// Every record of the range was received.
+    done: bool,
 }
 
 /// Fetches planned ranges; a [`RecordSource`] for the sink runtime.
 pub struct KafkaFetch {
     consumer: Arc<BaseConsumer>,
-    /// Partitions still to read, in plan order.
-    queue: VecDeque<Turn>,
-    /// The partition being read.
-    current: Option<Turn>,
+    /// Partitions not yet delivered in full, in plan order.
+    order: VecDeque<Partition>,
+    parts: BTreeMap<Partition, Part>,
     timeout: Duration,
 }
 
 impl KafkaFetch {
-    /// Position the next partition at its start and let it fetch.
-    fn start_next(&mut self) -> Result<bool, SourceError> {
-        let Some(turn) = self.queue.pop_front() else { return Ok(false) };
-        let failed = |what: &str, e: rdkafka::error::KafkaError| {
-            SourceError::Failed(format!("kafka: {what} {}/{}: {e}", turn.key.0, turn.key.1))
-        };
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition_offset(&turn.key.0, turn.key.1, Offset::Offset(turn.start)).map_err(|e| failed("plan", e))?;
-        if !turn.fresh {
-            let result = self.consumer.seek_partitions(tpl.clone(), self.timeout).map_err(|e| failed("seek", e))?;
-            if let Some(err) = result.elements().iter().find_map(|e| e.error().err()) {
-                return Err(failed("seek", err));
-            }
+    /// The partition's range is received in full: stop fetching it.
+    fn complete(&mut self, key: &Partition) -> Result<(), SourceError> {
+        if let Some(part) = self.parts.get_mut(key) {
+            part.done = true;
         }
-        self.consumer.resume(&tpl).map_err(|e| failed("resume", e))?;
-        self.current = Some(turn);
-        Ok(true)
-    }
-
-    /// The current partition is read to its end: pause it.
-    fn finish_current(&mut self) -> Result<(), SourceError> {
-        let Some(turn) = self.current.take() else { return Ok(()) };
         let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&turn.key.0, turn.key.1);
-        // Stop fetching past the range; what was prefetched is dropped.
-        self.consumer
-            .pause(&tpl)
-            .map_err(|e| SourceError::Failed(format!("kafka: pause {}/{}: {e}", turn.key.0, turn.key.1)))
+        tpl.add_partition(&key.0, key.1);
+        // What was prefetched past the range is dropped.
+        self.consumer.pause(&tpl).map_err(|e| SourceError::Failed(format!("kafka: pause {}/{}: {e}", key.0, key.1)))
     }
 
-    /// Whether the consumer position passed the current range's end (its
-    /// last offsets were transaction markers or compacted away).
-    fn current_passed_end(&self) -> Result<bool, SourceError> {
-        let Some(turn) = &self.current else { return Ok(false) };
+    /// Partitions whose consumer position passed the end (the last offsets
+    /// were transaction markers or compacted away) are complete.
+    fn complete_by_position(&mut self) -> Result<(), SourceError> {
         let positions = self.consumer.position().map_err(|e| SourceError::Failed(format!("kafka: position: {e}")))?;
-        Ok(positions
-            .find_partition(&turn.key.0, turn.key.1)
-            .and_then(|p| p.offset().to_raw())
-            .is_some_and(|pos| pos >= turn.end))
+        let passed: Vec<Partition> = self
+            .parts
+            .iter()
+            .filter(|(key, part)| {
+                !part.done
+                    && positions
+                        .find_partition(&key.0, key.1)
+                        .and_then(|p| p.offset().to_raw())
+                        .is_some_and(|pos| pos >= part.end)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        passed.iter().try_for_each(|k| self.complete(k))
+    }
+
+    /// Move what the front partitions hold into the chunk. `true` when the
+    /// chunk filled up.
+    fn deliver_held(&mut self, chunk: &mut ChunkBuilder) -> Result<bool, SourceError> {
+        while let Some(key) = self.order.front() {
+            let part = self.parts.get_mut(key).expect("every ordered partition has a part");
+            while let Some(record) = part.held.pop_front() {
+                if chunk.is_full() {
+                    part.held.push_front(record);
+                    return Ok(true);
+                }
+                chunk.push_owned(&record)?;
+            }
+            if !part.done {
+                break;
+            }
+            self.order.pop_front();
+        }
+        Ok(false)
     }
 }
 
@@ -445,60 +478,72 @@ impl RecordSource for KafkaFetch {
     fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError> {
         let mut last_progress = Instant::now();
         loop {
-            if self.current.is_none() && !self.start_next()? {
-                return Ok(Fill::Done);
-            }
-            if chunk.is_full() {
+            if self.deliver_held(chunk)? || chunk.is_full() {
                 return Ok(Fill::More);
             }
+            let Some(front) = self.order.front().cloned() else { return Ok(Fill::Done) };
             let message = match self.consumer.poll(Duration::from_millis(100)) {
                 Some(Ok(m)) => m,
                 Some(Err(e)) => return Err(SourceError::Failed(format!("kafka: fetch: {e}"))),
                 None => {
-                    if self.current_passed_end()? {
-                        self.finish_current()?;
-                    } else if last_progress.elapsed() > self.timeout {
-                        let turn = self.current.as_ref().expect("a partition is being read");
+                    self.complete_by_position()?;
+                    if last_progress.elapsed() > self.timeout {
+                        let waiting: Vec<String> = self
+                            .parts
+                            .iter()
+                            .filter(|(_, p)| !p.done)
+                            .map(|((t, p), part)| format!("{t}/{p} (up to offset {})", part.end))
+                            .collect();
                         return Err(SourceError::Failed(format!(
-                            "kafka: no progress for {} ms fetching {}/{} (up to offset {})",
+                            "kafka: no progress for {} ms fetching {}",
                             self.timeout.as_millis(),
-                            turn.key.0,
-                            turn.key.1,
-                            turn.end
+                            waiting.join(", ")
                         )));
                     }
                     continue;
                 }
             };
             last_progress = Instant::now();
-            let turn = self.current.as_ref().expect("a partition is being read");
-            // Another partition's record, fetched before its pause took
-            // effect: it is read again after the seek of its own turn.
-            // Below `next`: already delivered (never twice, whatever the client does).
-            if message.topic() != turn.key.0 || message.partition() != turn.key.1 || message.offset() < turn.next {
+            let key = (message.topic().to_owned(), message.partition());
+            let Some(part) = self.parts.get_mut(&key) else { continue };
+            // Already received (never delivered twice, whatever the client does).
+            if part.done || message.offset() < part.next {
                 continue;
             }
-            let end = turn.end;
-            if message.offset() >= end {
-                self.finish_current()?;
+            if message.offset() >= part.end {
+                self.complete(&key)?;
                 continue;
             }
-            let headers: Vec<(&str, Option<&[u8]>)> =
-                message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
-            chunk.push(
-                message.topic(),
-                message.partition(),
-                message.offset(),
-                message.timestamp().to_millis().unwrap_or(0),
-                message.key(),
-                message.payload(),
-                headers,
-            )?;
-            if let Some(turn) = self.current.as_mut() {
-                turn.next = message.offset() + 1;
+            part.next = message.offset() + 1;
+            let complete = part.next >= part.end;
+            if key == front && part.held.is_empty() {
+                let headers: Vec<(&str, Option<&[u8]>)> =
+                    message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
+                chunk.push(
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.timestamp().to_millis().unwrap_or(0),
+                    message.key(),
+                    message.payload(),
+                    headers,
+                )?;
+            } else {
+                part.held.push_back(OwnedRecord {
+                    topic: key.0.clone(),
+                    partition: key.1,
+                    offset: message.offset(),
+                    timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+                    key: message.key().map(<[u8]>::to_vec),
+                    value: message.payload().map(<[u8]>::to_vec),
+                    headers: message
+                        .headers()
+                        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+                        .unwrap_or_default(),
+                });
             }
-            if message.offset() + 1 >= end {
-                self.finish_current()?;
+            if complete {
+                self.complete(&key)?;
             }
         }
     }
