@@ -362,8 +362,14 @@ impl Pipeline {
         let report = if todo.is_empty() {
             // Committed before a crash, not yet logged: log it, skip the sink.
             let found = self.committer.find_batch(n, FIND_COMMIT_DEPTH).map_err(commit_err)?;
-            let versions = self.committer.ensure_tables().map_err(commit_err)?;
-            let table_versions = found.iter().map(|(t, c)| (t.clone(), c.as_ref().map_or(versions[t], |c| c.version))).collect();
+            // A commit older than the search depth: record the current version.
+            let current = if found.values().any(Option::is_none) {
+                self.committer.ensure_tables().map_err(commit_err)?
+            } else {
+                BTreeMap::new()
+            };
+            let table_versions =
+                found.iter().map(|(t, c)| (t.clone(), c.as_ref().map_or_else(|| current[t], |c| c.version))).collect();
             let output_digest = found.values().flatten().map(|c| c.output_digest.clone()).next().unwrap_or_default();
             self.metrics.batches_skipped += 1;
             BatchReport {

@@ -8,7 +8,7 @@
 
 use crate::checkpoint::{Checkpoint, CheckpointError};
 use crate::config::PipelineConfig;
-use crate::error::{BatchFailure, LoadError};
+use crate::error::LoadError;
 use crate::output::TableSummary;
 use crate::records::BatchSpec;
 use crate::runtime::RuntimeBuilder;
@@ -114,13 +114,9 @@ pub fn replay(config: &PipelineConfig, n: u64, component: Option<&Path>) -> Resu
             report.records = output.records_in;
             report.tables = output.tables();
         }
-        Err(failure) => report.error = Some(describe(&failure)),
+        Err(failure) => report.error = Some(failure.error.to_string()),
     }
     Ok(report)
-}
-
-fn describe(failure: &BatchFailure) -> String {
-    failure.error.to_string()
 }
 
 impl fmt::Display for ReplayReport {

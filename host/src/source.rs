@@ -184,13 +184,6 @@ impl KafkaSource {
         &self.partitions
     }
 
-    /// The (low, high) watermarks of a partition.
-    pub fn watermarks(&self, topic: &str, partition: i32) -> Result<(i64, i64), KafkaSourceError> {
-        self.consumer
-            .fetch_watermarks(topic, partition, Duration::from_millis(self.config.fetch_timeout_ms))
-            .map_err(|e| KafkaSourceError::Request(format!("watermarks of {topic}/{partition}: {e}")))
-    }
-
     /// Plan the next batch: for each partition, a range from where the
     /// previous batch ended (`previous_ends`), up to the high watermark, with
     /// at most `max_records_per_batch` records in all, shared fairly.

@@ -335,3 +335,30 @@ fn sigterm_stops_a_continuous_pipeline_after_its_batch_with_exit_0() {
     assert!(stdout.next().is_none(), "no batch after the stop");
     assert_exactly_once(dir.path(), &ids(0..20));
 }
+
+#[test]
+fn a_second_sigterm_exits_at_once_and_the_batch_reruns_as_planned() {
+    let cluster = mock_with(&ids(0..10));
+    let dir = tempfile::tempdir().unwrap();
+    let config = fan_out_config(dir.path(), &cluster.bootstrap_servers(), "events", 100, "");
+    // Held inside the sink: the first signal asks it to finish the batch.
+    let mut child = run_until_failpoint(&config, "in-sink");
+    let pid = child.id().to_string();
+    let term = || std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(term().success());
+    // Signals of one kind do not queue: repeat the second until it lands.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let status = loop {
+        term();
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "a second SIGTERM did not stop the process");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(130), "exits at once, without finishing the batch");
+    assert_eq!(snapshot(dir.path()).keys().collect::<Vec<_>>(), ["offsets/0"], "planned, not committed");
+    let (code, _, stderr) = run_pipeline(&config);
+    assert_eq!(code, 0, "{stderr}");
+    assert_exactly_once(dir.path(), &ids(0..10));
+}
