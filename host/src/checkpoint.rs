@@ -96,6 +96,12 @@ pub struct CommittedBatch {
     pub output_digest: String,
     /// Table → Delta version that holds this batch's output.
     pub table_versions: BTreeMap<String, u64>,
+    /// Records delivered to the sink (0 when found already committed).
+    #[serde(default)]
+    pub records: u64,
+    /// Table → rows the sink staged for it (empty when found already committed).
+    #[serde(default)]
+    pub staged_rows: BTreeMap<String, u64>,
 }
 
 /// Where a restarted pipeline stands.
@@ -182,6 +188,26 @@ impl Checkpoint {
         Ok(Self { dir, lock: None })
     }
 
+    /// Keep a copy of the component batches are planned with, named by its
+    /// digest, so a batch can be replayed or exported with the code that
+    /// ran it after the config points elsewhere.
+    pub fn keep_component(&self, digest: &str, component: &Path) -> Result<()> {
+        let path = self.component(digest);
+        if path.exists() {
+            return Ok(());
+        }
+        let dir = self.dir.join("components");
+        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
+        let tmp = dir.join(format!(".{digest}.tmp{}", std::process::id()));
+        std::fs::copy(component, &tmp).map_err(io_err(component))?;
+        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+    }
+
+    /// Where the component with `digest` is kept (it may not be).
+    pub fn component(&self, digest: &str) -> PathBuf {
+        self.dir.join("components").join(format!("{digest}.wasm"))
+    }
+
     /// The pid of the process owning the checkpoint in `dir`, if one does.
     pub fn owner(dir: &Path) -> Option<u32> {
         let path = dir.join("lock");
@@ -247,6 +273,16 @@ impl Checkpoint {
                 ),
             )),
         }
+    }
+
+    /// The highest planned batch id, if any.
+    pub fn last_planned(&self) -> Result<Option<u64>> {
+        self.last(Log::Offsets)
+    }
+
+    /// The highest committed batch id, if any.
+    pub fn last_committed(&self) -> Result<Option<u64>> {
+        self.last(Log::Commits)
     }
 
     fn path(&self, log: Log, n: u64) -> PathBuf {
@@ -336,7 +372,13 @@ mod tests {
     }
 
     fn committed(n: u64) -> CommittedBatch {
-        CommittedBatch { batch_id: n, output_digest: "d".repeat(64), table_versions: [("orders".to_owned(), n)].into() }
+        CommittedBatch {
+            batch_id: n,
+            output_digest: "d".repeat(64),
+            table_versions: [("orders".to_owned(), n)].into(),
+            records: 10,
+            staged_rows: [("orders".to_owned(), 10)].into(),
+        }
     }
 
     #[test]

@@ -7,6 +7,8 @@ use sluice::exec::{ExecReport, read_records, write_log_line};
 use sluice::config::PipelineConfig;
 use sluice::demo::DemoOptions;
 use sluice::pipeline::{BatchReport, Event, Pipeline, Stopped};
+use sluice::reconcile::ReconcileOptions;
+use sluice::replay::ReplayOptions;
 use sluice::status::Status;
 use sluice::{BatchSpec, Limits, RuntimeBuilder, VecSource};
 use std::path::PathBuf;
@@ -29,6 +31,11 @@ enum Command {
     Status(StatusArgs),
     /// Run one recorded batch again as a dry run and compare its output.
     Replay(ReplayArgs),
+    /// Look at one batch: show what is recorded, or export it to a bundle.
+    #[command(subcommand)]
+    Batch(BatchCommand),
+    /// Check that every source record reached the tables once (for cron).
+    Reconcile(ReconcileArgs),
     /// Run the example upsert sink on an embedded Kafka into a local Delta table.
     Demo(DemoArgs),
     /// Run one batch of a sink over records from a JSONL file, without Kafka.
@@ -52,14 +59,73 @@ struct StatusArgs {
 
 #[derive(clap::Args)]
 struct ReplayArgs {
-    /// The pipeline config.
-    config: PathBuf,
-    /// The batch to replay.
+    /// The pipeline config (optional with --bundle).
+    config: Option<PathBuf>,
+    /// The batch to replay (optional with --bundle).
     #[arg(long)]
-    batch: u64,
-    /// Run this component instead of the configured one (e.g. a new version).
+    batch: Option<u64>,
+    /// Run this component instead of the one the batch was planned with
+    /// (e.g. a new version, to see what it would change).
     #[arg(long)]
     component: Option<PathBuf>,
+    /// Take the batch from a bundle (`sluice batch export`) instead of the
+    /// checkpoint and Kafka.
+    #[arg(long)]
+    bundle: Option<PathBuf>,
+    /// Differing rows to list per table.
+    #[arg(long, default_value_t = 10)]
+    max_rows: usize,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum BatchCommand {
+    /// Show a batch's ranges, commit, attempts, errors and sink logs.
+    Show(BatchShowArgs),
+    /// Write a batch (records, plan, commit record, component) to a bundle
+    /// that replays anywhere, without Kafka.
+    Export(BatchExportArgs),
+}
+
+#[derive(clap::Args)]
+struct BatchShowArgs {
+    /// The batch.
+    batch: u64,
+    /// The pipeline config.
+    #[arg(long, short, default_value = "pipeline.toml")]
+    config: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct BatchExportArgs {
+    /// The batch.
+    batch: u64,
+    /// The bundle file to write.
+    #[arg(long, short)]
+    output: PathBuf,
+    /// The pipeline config.
+    #[arg(long, short, default_value = "pipeline.toml")]
+    config: PathBuf,
+    /// Leave the component out (replaying then needs --component).
+    #[arg(long)]
+    without_component: bool,
+}
+
+#[derive(clap::Args)]
+struct ReconcileArgs {
+    /// The pipeline config.
+    config: PathBuf,
+    /// Count source records in Kafka only for the last K batches.
+    #[arg(long, value_name = "K")]
+    last: Option<u64>,
+    /// Do not read Kafka (checkpoint and tables only).
+    #[arg(long)]
+    skip_source: bool,
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -129,6 +195,9 @@ pub fn main() -> ExitCode {
         Command::Run(args) => run(args),
         Command::Status(args) => status(args),
         Command::Replay(args) => replay(args),
+        Command::Batch(BatchCommand::Show(args)) => batch_show(args),
+        Command::Batch(BatchCommand::Export(args)) => batch_export(args),
+        Command::Reconcile(args) => reconcile(args),
         Command::Demo(args) => demo(args),
         Command::Exec(args) => exec(args),
     };
@@ -231,22 +300,68 @@ fn status(args: StatusArgs) -> Result<ExitCode> {
     Ok(if status.errors.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Exit 0 when the replay is identical to the commit, 1 otherwise.
+/// Exit 0 when the replay is identical to the commit, 1 when it differs or
+/// the sink failed, 2 when it could not run.
 fn replay(args: ReplayArgs) -> Result<ExitCode> {
-    let config = PipelineConfig::load(&args.config)?;
-    let report = match sluice::replay::replay(&config, args.batch, args.component.as_deref()) {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(1));
-        }
+    let config = args.config.as_deref().map(PipelineConfig::load).transpose()?;
+    let options = ReplayOptions {
+        batch: args.batch,
+        component: args.component,
+        bundle: args.bundle,
+        max_diff_rows: args.max_rows,
+        cache_dir: Some(default_cache_dir()),
     };
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    let report = sluice::replay::replay(config.as_ref(), &options)?;
+    print_report(&report, args.json)?;
+    Ok(if report.identical { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn print_report(report: &(impl serde::Serialize + std::fmt::Display), json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(report)?);
     } else {
         print!("{report}");
     }
-    Ok(if report.identical { ExitCode::SUCCESS } else { ExitCode::from(1) })
+    Ok(())
+}
+
+fn batch_show(args: BatchShowArgs) -> Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    let Some(info) = sluice::batch_show::show(&config, args.batch)? else {
+        bail!("batch {} is not in the checkpoint's offset log: it was never planned", args.batch);
+    };
+    print_report(&info, args.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn batch_export(args: BatchExportArgs) -> Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    let m = sluice::export::export(&config, args.batch, &args.output, !args.without_component)?;
+    let committed = m.committed.as_ref().map_or("not committed".to_owned(), |c| format!("committed output {}", &c.output_digest[..16]));
+    let component = if m.component.is_some() { "with its component" } else { "without its component" };
+    println!(
+        "batch {} → {}: {} records, {committed}, {component} ({})",
+        m.batch.batch_id,
+        args.output.display(),
+        m.record_count,
+        &m.component_digest[..16]
+    );
+    println!("replay it anywhere with: sluice replay --bundle {}", args.output.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 when everything reconciles, 1 on any discrepancy, 3 when nothing
+/// is wrong but some checks could not be made (Kafka down, say).
+fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    let options = ReconcileOptions { last: args.last, skip_source: args.skip_source };
+    let report = sluice::reconcile::reconcile(&config, &options)?;
+    print_report(&report, args.json)?;
+    Ok(match (report.findings.is_empty(), report.unchecked.is_empty()) {
+        (false, _) => ExitCode::from(1),
+        (true, false) => ExitCode::from(3),
+        (true, true) => ExitCode::SUCCESS,
+    })
 }
 
 fn demo(args: DemoArgs) -> Result<ExitCode> {

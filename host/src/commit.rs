@@ -175,6 +175,40 @@ pub struct BatchCommit {
     pub output_digest: String,
 }
 
+/// One commit of a table's log, as `sluice reconcile` reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LogEntry {
+    /// The Delta version.
+    pub version: u64,
+    /// The operation (`WRITE`, `MERGE`, `DELETE`, …).
+    pub operation: String,
+    /// The `txn` version the commit sets for this pipeline's app id.
+    pub txn: Option<i64>,
+    /// The batch, when this pipeline made the commit (its metadata).
+    pub batch_id: Option<u64>,
+    /// The batch's output digest, from the same metadata.
+    pub output_digest: Option<String>,
+    /// Records delivered to the sink for the batch.
+    pub records: Option<u64>,
+    /// Rows the commit was asked to write.
+    pub rows: Option<u64>,
+    /// Rows Delta reports writing: appended, or inserted plus updated.
+    pub rows_written: Option<u64>,
+    /// The change in the table's row count, when Delta reports it.
+    pub rows_added: Option<i64>,
+}
+
+/// A table's log, oldest first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TableLog {
+    /// The latest version.
+    pub version: u64,
+    /// Every commit still in the log.
+    pub entries: Vec<LogEntry>,
+    /// Versions before this one are no longer in the log (cleaned up).
+    pub first_version: u64,
+}
+
 impl DeltaCommitter {
     /// A committer writing as `app_id` (the Delta `txn` application id).
     pub fn new(app_id: impl Into<String>, tables: Vec<TableConfig>) -> std::io::Result<Self> {
@@ -284,6 +318,28 @@ impl DeltaCommitter {
         Ok(Some(TableState { version, last_batch: self.txn_version(t, &table).await? }))
     }
 
+    /// Every commit of `table` still in its log, read without creating the
+    /// table (`None`: it does not exist).
+    pub fn log(&self, table: &str) -> Result<Option<TableLog>, CommitError> {
+        let t = self.tables.iter().find(|t| t.name == table).ok_or_else(|| CommitError::UnknownTable(table.to_owned()))?;
+        self.runtime.block_on(async {
+            if !t.path.join("_delta_log").is_dir() {
+                return Ok(None);
+            }
+            let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
+            let Some(latest) = table.version() else { return Ok(None) };
+            let store = table.log_store();
+            let mut log = TableLog { version: latest, entries: Vec::new(), first_version: 0 };
+            for version in 0..=latest {
+                match store.read_commit_entry(version).await.map_err(delta_err(t))? {
+                    Some(bytes) => log.entries.push(log_entry(version, &bytes, &self.app_id)),
+                    None => log.first_version = version + 1,
+                }
+            }
+            Ok(Some(log))
+        })
+    }
+
     /// Run a SQL query over one table (registered as `t`), for summaries
     /// and checks. Rows come back as JSON objects.
     pub fn query(&self, table: &str, sql: &str) -> Result<Vec<serde_json::Value>, CommitError> {
@@ -320,6 +376,9 @@ impl DeltaCommitter {
             "batch_id": output.batch.batch_id,
             "ranges": output.batch.ranges,
             "output_digest": output.digest,
+            "records": output.records_in,
+            // What this transaction writes (upserts: one row per key), for `sluice reconcile`.
+            "rows": write.rows(),
         });
         let props = CommitProperties::default()
             .with_application_transaction(Transaction::new(&self.app_id, batch_id))
@@ -385,6 +444,53 @@ async fn find_batch_commit(t: &TableConfig, table: &DeltaTable, n: u64, depth: u
     Ok(None)
 }
 
+/// What reconciliation needs from one commit file.
+fn log_entry(version: u64, bytes: &[u8], app_id: &str) -> LogEntry {
+    let mut e = LogEntry {
+        version,
+        operation: String::new(),
+        txn: None,
+        batch_id: None,
+        output_digest: None,
+        records: None,
+        rows: None,
+        rows_written: None,
+        rows_added: None,
+    };
+    for line in bytes.split(|&b| b == b'\n') {
+        let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
+        let txn = &action["txn"];
+        if txn["appId"] == app_id {
+            e.txn = txn["version"].as_i64();
+        }
+        let info = &action["commitInfo"];
+        if info.is_null() {
+            continue;
+        }
+        e.operation = info["operation"].as_str().unwrap_or_default().to_owned();
+        let meta = &info["sluice"];
+        if meta["pipeline_id"] == app_id {
+            e.batch_id = meta["batch_id"].as_u64();
+            e.output_digest = meta["output_digest"].as_str().map(str::to_owned);
+            e.records = meta["records"].as_u64();
+            e.rows = meta["rows"].as_u64();
+        }
+        let m = &info["operationMetrics"];
+        let n = |k: &str| m[k].as_i64();
+        (e.rows_written, e.rows_added) = match e.operation.as_str() {
+            "WRITE" | "CREATE TABLE" => (n("num_added_rows").map(|r| r as u64), n("num_added_rows").or(Some(0))),
+            "MERGE" => match (n("num_target_rows_inserted"), n("num_target_rows_updated"), n("num_target_rows_deleted")) {
+                (Some(i), Some(u), d) => (Some((i + u) as u64), Some(i - d.unwrap_or(0))),
+                _ => (None, None),
+            },
+            "DELETE" => (Some(0), n("num_deleted_rows").map(|d| -d)),
+            "OPTIMIZE" | "VACUUM START" | "VACUUM END" | "SET TBLPROPERTIES" => (Some(0), Some(0)),
+            _ => (None, None),
+        };
+    }
+    e
+}
+
 /// Open the table, creating it from the declared schema if it does not
 /// exist (when `may_create`), and check that an existing table has that
 /// schema.
@@ -432,6 +538,13 @@ async fn open_or_create(t: &TableConfig, may_create: bool) -> Result<DeltaTable,
 enum Prepared {
     Append(Vec<RecordBatch>),
     Upsert { keys: Vec<String>, batches: Vec<RecordBatch> },
+}
+
+impl Prepared {
+    fn rows(&self) -> usize {
+        let (Prepared::Append(batches) | Prepared::Upsert { batches, .. }) = self;
+        batches.iter().map(RecordBatch::num_rows).sum()
+    }
 }
 
 fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> {

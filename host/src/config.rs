@@ -217,12 +217,18 @@ impl PipelineConfig {
     }
 
     /// SHA-256 of what decides a batch's output apart from its records and
-    /// the component: the tables and limits. Recorded with each planned
-    /// batch, so a replay can tell when the config changed since.
+    /// the component: the pipeline id (the seed), the tables' schemas and
+    /// the limits. Recorded with each planned batch, so a replay can tell
+    /// when the config changed since. Paths are left out: the same pipeline
+    /// checked out elsewhere has the same digest.
     pub fn digest(&self) -> String {
+        let mut tables = serde_json::to_value(&self.tables).expect("tables serialise");
+        for t in tables.as_array_mut().into_iter().flatten() {
+            t.as_object_mut().map(|t| t.remove("path"));
+        }
         let decisive = serde_json::json!({
             "pipeline_id": self.pipeline.id,
-            "tables": self.tables,
+            "tables": tables,
             "limits": self.limits,
         });
         hex::encode(Sha256::digest(decisive.to_string().as_bytes()))

@@ -26,9 +26,17 @@
 //! | Prometheus metrics                      | [`metrics`]   |
 //! | `sluice status`                         | [`status`]    |
 //! | `sluice replay`: one batch, dry run     | [`replay`]    |
+//! | row-level diff of two batch outputs     | [`row_diff`]  |
+//! | portable batch bundles                  | [`bundle`]    |
+//! | `sluice batch export`                   | [`export`]    |
+//! | `sluice batch show`, attempt records    | [`batch_show`], [`attempt_log`] |
+//! | `sluice reconcile`                      | [`reconcile`] |
 //! | `sluice demo`: embedded Kafka + example | [`demo`]      |
 
+pub mod attempt_log;
 mod batch_log;
+pub mod batch_show;
+pub mod bundle;
 pub mod checkpoint;
 pub mod commit;
 pub mod config;
@@ -36,13 +44,16 @@ pub mod demo;
 mod determinism;
 mod error;
 pub mod exec;
+pub mod export;
 mod failpoint;
 pub mod limits;
 pub mod metrics;
 mod output;
 pub mod pipeline;
 mod records;
+pub mod reconcile;
 pub mod replay;
+pub mod row_diff;
 mod runtime;
 mod scratch;
 pub mod source;

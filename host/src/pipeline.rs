@@ -15,6 +15,7 @@
 //! makes a half-committed batch safe to finish is determinism: the re-run
 //! produces the same output, and tables already at ≥ N are skipped.
 
+use crate::attempt_log::{self, AttemptRecord, Outcome};
 use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, PlannedBatch};
 use crate::commit::{CommitError, DeltaCommitter};
 use crate::config::{PipelineConfig, Trigger};
@@ -122,6 +123,8 @@ pub struct BatchReport {
     pub table_versions: BTreeMap<String, u64>,
     /// The batch output digest.
     pub output_digest: String,
+    /// Table → rows the sink staged (empty when the sink was not run).
+    pub staged_rows: BTreeMap<String, u64>,
 }
 
 /// What the pipeline tells its caller as it goes.
@@ -216,6 +219,7 @@ impl Pipeline {
         let sink = runtime
             .load(&config.pipeline.component)
             .map_err(|source| PipelineError::Load { path: config.pipeline.component.clone(), source })?;
+        checkpoint.keep_component(sink.digest(), &config.pipeline.component)?;
 
         let next = resume.last_committed.as_ref().map_or(0, |c| c.batch_id + 1);
         let commit_err = |source| PipelineError::Commit { batch_id: next, source };
@@ -384,6 +388,7 @@ impl Pipeline {
                 total: started.elapsed(),
                 table_versions,
                 output_digest,
+                staged_rows: BTreeMap::new(),
             }
         } else {
             if planned.component_digest != self.sink.digest() && !done.is_empty() {
@@ -414,12 +419,18 @@ impl Pipeline {
                 commit,
                 total: started.elapsed(),
                 table_versions,
+                staged_rows: output.tables().into_iter().map(|t| (t.table, t.appended_rows + t.upserted_rows)).collect(),
                 output_digest: output.digest,
             }
         };
 
-        let committed =
-            CommittedBatch { batch_id: n, output_digest: report.output_digest.clone(), table_versions: report.table_versions.clone() };
+        let committed = CommittedBatch {
+            batch_id: n,
+            output_digest: report.output_digest.clone(),
+            table_versions: report.table_versions.clone(),
+            records: report.records,
+            staged_rows: report.staged_rows.clone(),
+        };
         self.checkpoint.record_committed(&committed)?;
         if let Err(e) = self.source.commit_advisory(&planned.ranges) {
             eprintln!("sluice: warning: {e} (lag tools may show stale offsets; sluice's own offsets are safe)");
@@ -447,6 +458,8 @@ impl Pipeline {
         let mut sink_time = Duration::ZERO;
         for attempt in 1..=max_attempts {
             let started = Instant::now();
+            let record = AttemptRecord::started(spec.batch_id, attempt, now_ms());
+            self.note_attempt(&record);
             let result = match self.source.fetch(&planned.ranges) {
                 Ok(fetch) => self.sink.run(&spec, attempt, Box::new(InSink(fetch))),
                 Err(e) => Err(BatchFailure {
@@ -458,10 +471,18 @@ impl Pipeline {
                 }),
             };
             sink_time += started.elapsed();
+            let duration_ms = Some(started.elapsed().as_millis() as u64);
             let failure = match result {
-                Ok(output) => return Ok(Some((output, attempt, sink_time))),
+                Ok(output) => {
+                    let outcome = Outcome::Succeeded;
+                    let records = Some(output.records_in);
+                    self.note_attempt(&AttemptRecord { outcome, duration_ms, records, ..record }.with_log(&output.log));
+                    return Ok(Some((output, attempt, sink_time)));
+                }
                 Err(failure) => failure,
             };
+            let (outcome, error, kept_scratch) = (Outcome::Failed, Some(failure.error.to_string()), failure.kept_scratch.clone());
+            self.note_attempt(&AttemptRecord { outcome, duration_ms, error, kept_scratch, ..record }.with_log(&failure.log));
             self.metrics.sink_failures += 1;
             let retry = failure.error.retryable() && attempt < max_attempts;
             if !retry {
@@ -486,6 +507,14 @@ impl Pipeline {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// Record an attempt for `sluice batch show`. Diagnostics only: a
+    /// failure to write it is reported, not fatal.
+    fn note_attempt(&self, record: &AttemptRecord) {
+        if let Err(e) = attempt_log::write(self.checkpoint.dir(), record) {
+            eprintln!("sluice: warning: cannot record attempt {} of batch {}: {e}", record.attempt, record.batch_id);
+        }
     }
 
     /// Records to plan: the configured count, lowered so the batch stays near

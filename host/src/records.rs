@@ -223,6 +223,42 @@ impl ChunkBuilder {
         })
     }
 
+    /// Take the chunk's records as owned values, leaving the builder empty
+    /// (bundles and `reconcile` read a batch's records without a sink).
+    pub fn take_records(&mut self) -> Vec<OwnedRecord> {
+        let Some(c) = self.take() else { return Vec::new() };
+        let mut out = Vec::with_capacity(c.offsets.len());
+        let mut pos = 0usize;
+        let mut header = 0usize;
+        let mut bytes = |len: i32| {
+            let b = (len >= 0).then(|| c.data[pos..pos + len as usize].to_vec());
+            pos += len.max(0) as usize;
+            b
+        };
+        for i in 0..c.offsets.len() {
+            let range = &self.ranges[c.sources[i] as usize];
+            let key = bytes(c.key_lens[i]);
+            let value = bytes(c.value_lens[i]);
+            let mut headers = Vec::with_capacity(c.header_counts[i] as usize);
+            for _ in 0..c.header_counts[i] {
+                let name = bytes(c.header_key_lens[header] as i32).unwrap_or_default();
+                let value = bytes(c.header_value_lens[header]);
+                headers.push((String::from_utf8_lossy(&name).into_owned(), value));
+                header += 1;
+            }
+            out.push(OwnedRecord {
+                topic: range.topic.clone(),
+                partition: range.partition,
+                offset: c.offsets[i],
+                timestamp_ms: c.timestamps_ms[i],
+                key,
+                value,
+                headers,
+            });
+        }
+        out
+    }
+
     /// Drop the chunk's records, as delivering it would.
     pub fn clear(&mut self) {
         drop(self.take());
@@ -245,6 +281,19 @@ impl ChunkBuilder {
     /// Records and payload bytes handed to the sink so far.
     pub(crate) fn delivered(&self) -> (u64, u64) {
         (self.delivered_records, self.delivered_bytes)
+    }
+}
+
+/// Every record `source` delivers for `ranges`, in delivery order.
+pub fn read_all(mut source: impl RecordSource, ranges: &[SourceRange]) -> Result<Vec<OwnedRecord>, SourceError> {
+    let mut chunk = ChunkBuilder::new(ranges.to_vec(), 10_000, 16 << 20);
+    let mut out = Vec::new();
+    loop {
+        let fill = source.fill(&mut chunk)?;
+        out.append(&mut chunk.take_records());
+        if fill == Fill::Done {
+            return Ok(out);
+        }
     }
 }
 
@@ -309,6 +358,17 @@ mod tests {
             headers: vec![("h".into(), None)],
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn read_all_gives_back_every_record_as_pushed() {
+        let mut records: Vec<_> = (0..25i64).map(|o| rec((o % 2) as i32, o, &format!("v{o}"))).collect();
+        records[3].key = Some(b"k".to_vec());
+        records[4].value = None;
+        records[5].headers = vec![("a".into(), Some(b"1".to_vec())), ("b".into(), None)];
+        records.sort_by_key(|r| (r.partition, r.offset));
+        let ranges = BatchSpec::ranges_covering(&records);
+        assert_eq!(read_all(VecSource::new(records.clone()), &ranges).unwrap(), records);
     }
 
     #[test]

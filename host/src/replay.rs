@@ -1,17 +1,27 @@
 //! `sluice replay`: run one recorded batch again, as a dry run, and compare.
 //!
-//! The batch gets the records of its recorded ranges (re-read from Kafka),
-//! the same seed and clock (pipeline id, batch id, planned timestamp) and a
-//! fresh `/staging` in a temporary directory. Nothing is written to a table
-//! or to the checkpoint, which is opened read-only; the output digest is
-//! compared with the one recorded when the batch was committed.
+//! The batch gets the records of its recorded ranges (re-read from Kafka,
+//! or taken from a bundle made by `sluice batch export`), the same seed and
+//! clock (pipeline id, batch id, planned timestamp) and a fresh `/staging`
+//! in a temporary directory. Nothing is written to a table or to the
+//! checkpoint, which is opened read-only.
+//!
+//! The replayed output's digest is compared with the one recorded at
+//! commit. When they differ, the rows are compared too: the committed
+//! output is rebuilt by running the component the batch was planned with
+//! (kept in the checkpoint's `components/`, or in the bundle) and trusted
+//! only if it reproduces the committed digest bit for bit.
 
-use crate::checkpoint::{Checkpoint, CheckpointError};
+use crate::bundle::{Bundle, BundleError};
+use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch};
+use crate::commit::TableConfig;
 use crate::config::PipelineConfig;
 use crate::error::LoadError;
-use crate::output::TableSummary;
-use crate::records::BatchSpec;
-use crate::runtime::RuntimeBuilder;
+use crate::limits::Limits;
+use crate::output::{BatchOutput, TableSummary};
+use crate::records::{BatchSpec, OwnedRecord, SourceError, VecSource, read_all};
+use crate::row_diff::{self, TableDiff};
+use crate::runtime::{Runtime, RuntimeBuilder, Sink};
 use crate::source::{KafkaSource, KafkaSourceError};
 use serde::Serialize;
 use std::fmt;
@@ -26,20 +36,50 @@ pub enum ReplayError {
     /// The batch was never planned.
     #[error("batch {0} is not in the checkpoint's offset log: it was never planned")]
     NotPlanned(u64),
+    /// Neither a config nor a bundle says what to replay.
+    #[error("{0}")]
+    Usage(String),
     /// The component cannot be loaded.
-    #[error("sink component {path}: {source}")]
+    #[error("sink component {what}: {source}")]
     Load {
         /// The component.
-        path: PathBuf,
+        what: String,
         /// Why.
         source: LoadError,
     },
     /// Kafka cannot deliver the recorded ranges.
-    #[error("{0} (the batch's records must still be in Kafka to replay it)")]
-    Source(#[from] KafkaSourceError),
+    #[error(
+        "batch {batch_id}: {detail}. The batch's records must still be in Kafka to replay it from the checkpoint; \
+         if they are gone (retention), replay it from a bundle: `sluice replay --bundle FILE`, made earlier with \
+         `sluice batch export {batch_id} -o FILE`"
+    )]
+    Source {
+        /// The batch.
+        batch_id: u64,
+        /// What Kafka said.
+        detail: String,
+    },
+    /// The bundle cannot be used.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
     /// A temporary `/staging` root could not be made.
     #[error("temporary scratch directory: {0}")]
     Scratch(std::io::Error),
+}
+
+/// What to replay, and how.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayOptions {
+    /// The batch (required without a bundle; checked against it with one).
+    pub batch: Option<u64>,
+    /// Run this component instead of the one the batch was planned with.
+    pub component: Option<PathBuf>,
+    /// Take the batch from this bundle instead of the checkpoint and Kafka.
+    pub bundle: Option<PathBuf>,
+    /// Differing rows to list per table.
+    pub max_diff_rows: usize,
+    /// Where compiled components are cached when no config says.
+    pub cache_dir: Option<PathBuf>,
 }
 
 /// What a replay found.
@@ -47,7 +87,11 @@ pub enum ReplayError {
 pub struct ReplayReport {
     /// The batch.
     pub batch_id: u64,
-    /// The component that ran (SHA-256).
+    /// Where the records came from: `kafka` or the bundle's path.
+    pub records_from: String,
+    /// The component that ran: a path, or where it was kept.
+    pub component: String,
+    /// Its SHA-256.
     pub component_digest: String,
     /// The component the batch was planned with.
     pub planned_component_digest: String,
@@ -59,69 +103,255 @@ pub struct ReplayReport {
     pub records: u64,
     /// Per table: operations and rows staged by the replay.
     pub tables: Vec<TableSummary>,
+    /// Per table: how the rows differ from the committed ones (only when
+    /// the digests differ and the committed output could be rebuilt).
+    pub diff: Vec<TableDiff>,
     /// The sink's error, if it failed.
     pub error: Option<String>,
+    /// What limited the comparison, or changed since the batch was planned.
+    pub notes: Vec<String>,
     /// Replayed output equals the committed one, bit for bit.
     pub identical: bool,
 }
 
-/// Replay batch `n` of the pipeline, with `component` instead of the
-/// configured one if given.
-pub fn replay(config: &PipelineConfig, n: u64, component: Option<&Path>) -> Result<ReplayReport, ReplayError> {
-    let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
-    let planned = checkpoint.planned(n)?.ok_or(ReplayError::NotPlanned(n))?;
-    let committed = checkpoint.committed(n)?;
+/// A component to run, and what to call it.
+struct Component {
+    what: String,
+    bytes: Vec<u8>,
+}
 
+impl Component {
+    fn read(path: &Path) -> Result<Self, ReplayError> {
+        let what = path.display().to_string();
+        let bytes = std::fs::read(path).map_err(|e| ReplayError::Load { what: what.clone(), source: LoadError::Read { path: path.into(), source: e } })?;
+        Ok(Self { what, bytes })
+    }
+
+    fn load(&self, runtime: &Runtime) -> Result<Sink, ReplayError> {
+        runtime.load_bytes(&self.what, &self.bytes).map_err(|source| ReplayError::Load { what: self.what.clone(), source })
+    }
+}
+
+/// Everything a replay needs about the batch, from either origin.
+struct Recorded {
+    spec: BatchSpec,
+    planned_component_digest: String,
+    committed: Option<CommittedBatch>,
+    tables: Vec<TableConfig>,
+    limits: Limits,
+    records: Vec<OwnedRecord>,
+    records_from: String,
+    /// The component the batch was planned with, if it can be found.
+    planned: Option<Component>,
+    /// The configured component, the fallback when none is given.
+    configured: Option<Component>,
+    notes: Vec<String>,
+}
+
+/// Replay one batch. `config` is needed unless `options.bundle` is given.
+pub fn replay(config: Option<&PipelineConfig>, options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
+    let recorded = match &options.bundle {
+        Some(path) => from_bundle(path, config, options.batch)?,
+        None => {
+            let config = config.ok_or_else(|| ReplayError::Usage("replay needs a pipeline config or a --bundle".into()))?;
+            let n = options.batch.ok_or_else(|| ReplayError::Usage("replay from the checkpoint needs --batch N".into()))?;
+            from_checkpoint(config, n)?
+        }
+    };
     let scratch = tempfile::tempdir().map_err(ReplayError::Scratch)?;
-    let path = component.unwrap_or(&config.pipeline.component).to_owned();
-    let load_err = |source| ReplayError::Load { path: path.clone(), source };
-    let runtime = RuntimeBuilder::new(scratch.path())
-        .with_limits(config.limits.clone())
-        .with_cache_dir(config.cache_dir())
-        .with_tables(config.tables.iter().map(|t| t.name.clone()))
+    let cache = config.map(PipelineConfig::cache_dir).or_else(|| options.cache_dir.clone()).unwrap_or_else(|| scratch.path().join("cache"));
+    let runtime = RuntimeBuilder::new(scratch.path().join("scratch"))
+        .with_limits(recorded.limits.clone())
+        .with_cache_dir(cache)
+        .with_tables(recorded.tables.iter().map(|t| t.name.clone()))
         .with_max_concurrent_batches(1)
         .with_keep_failed(0)
         .build()
-        .map_err(load_err)?;
-    let sink = runtime.load(&path).map_err(load_err)?;
+        .map_err(|source| ReplayError::Load { what: "the runtime".into(), source })?;
+    run_and_compare(&runtime, recorded, options)
+}
 
-    let mut source_config = config.source.clone();
-    source_config.properties.entry("group.id".into()).or_insert_with(|| format!("sluice-replay-{}", config.pipeline.id));
-    let source = KafkaSource::connect(source_config)?;
-    let fetch = source.fetch(&planned.ranges)?;
+fn run_and_compare(runtime: &Runtime, recorded: Recorded, options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
+    let Recorded { spec, planned_component_digest, committed, tables, records, mut notes, .. } = recorded;
+    let candidate = match (&options.component, &recorded.planned, &recorded.configured) {
+        (Some(path), _, _) => Component::read(path)?,
+        (None, Some(planned), _) => Component { what: planned.what.clone(), bytes: planned.bytes.clone() },
+        (None, None, Some(configured)) => Component { what: configured.what.clone(), bytes: configured.bytes.clone() },
+        (None, None, None) => {
+            return Err(ReplayError::Usage(format!(
+                "the bundle does not include the component batch {} was planned with ({}): pass --component FILE",
+                spec.batch_id,
+                short(&planned_component_digest)
+            )));
+        }
+    };
+    let sink = candidate.load(runtime)?;
+    let run = |sink: &Sink| sink.run(&spec, 1, Box::new(VecSource::new(records.clone())));
+    let committed_digest = committed.as_ref().map(|c| c.output_digest.clone());
+    let mut report = ReplayReport {
+        batch_id: spec.batch_id,
+        records_from: recorded.records_from,
+        component: candidate.what.clone(),
+        component_digest: sink.digest().to_owned(),
+        planned_component_digest: planned_component_digest.clone(),
+        committed_digest: committed_digest.clone(),
+        replayed_digest: None,
+        records: records.len() as u64,
+        tables: Vec::new(),
+        diff: Vec::new(),
+        error: None,
+        notes: Vec::new(),
+        identical: false,
+    };
+    let output = match run(&sink) {
+        Ok(output) => output,
+        Err(failure) => {
+            report.error = Some(failure.error.to_string());
+            report.notes = notes;
+            return Ok(report);
+        }
+    };
+    report.identical = committed_digest.as_deref() == Some(output.digest.as_str());
+    report.replayed_digest = Some(output.digest.clone());
+    report.tables = output.tables();
+    if let Some(committed_digest) = committed_digest.filter(|_| !report.identical) {
+        match rebuild_committed(runtime, &recorded.planned, &planned_component_digest, &committed_digest, &sink, &output, &run) {
+            Ok(baseline) => match row_diff::diff(&baseline.ops, &output.ops, &tables, options.max_diff_rows) {
+                Ok(diff) => report.diff = diff,
+                Err(e) => notes.push(format!("rows cannot be compared: {e}")),
+            },
+            Err(why) => notes.push(format!("row-level diff unavailable: {why}; only digests were compared")),
+        }
+    }
+    report.notes = notes;
+    Ok(report)
+}
+
+/// The committed output, rebuilt by running the planned component: trusted
+/// only when it reproduces the committed digest.
+fn rebuild_committed(
+    runtime: &Runtime,
+    planned: &Option<Component>,
+    planned_digest: &str,
+    committed_digest: &str,
+    candidate: &Sink,
+    candidate_output: &BatchOutput,
+    run: &dyn Fn(&Sink) -> Result<BatchOutput, crate::BatchFailure>,
+) -> Result<BatchOutput, String> {
+    let baseline = if candidate.digest() == planned_digest {
+        candidate_output.clone()
+    } else {
+        let planned = planned
+            .as_ref()
+            .ok_or_else(|| format!("the component batch was planned with ({}) is not kept here", short(planned_digest)))?;
+        let sink = planned.load(runtime).map_err(|e| e.to_string())?;
+        run(&sink).map_err(|f| format!("the planned component failed on replay: {}", f.error))?
+    };
+    if baseline.digest != committed_digest {
+        return Err(format!(
+            "the planned component does not reproduce the committed output (digest {} instead of {})",
+            short(&baseline.digest),
+            short(committed_digest)
+        ));
+    }
+    Ok(baseline)
+}
+
+/// The batch as the checkpoint recorded it, with its records from Kafka.
+fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayError> {
+    let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
+    let planned = checkpoint.planned(n)?.ok_or(ReplayError::NotPlanned(n))?;
+    let committed = checkpoint.committed(n)?;
+    let mut notes = Vec::new();
+    if planned.config_digest != config.digest() {
+        notes.push("the config's tables or limits changed since the batch was planned; the replay uses the current ones".into());
+    }
+    let kept = checkpoint.component(&planned.component_digest);
+    let planned_component = if kept.exists() { Some(Component::read(&kept)?) } else { None };
     let spec = BatchSpec {
         pipeline_id: config.pipeline.id.clone(),
         batch_id: n,
         planned_timestamp_ms: planned.planned_timestamp_ms,
         ranges: planned.ranges.clone(),
     };
-    let committed_digest = committed.map(|c| c.output_digest);
-    let mut report = ReplayReport {
-        batch_id: n,
-        component_digest: sink.digest().to_owned(),
+    let records = fetch_records(config, &spec, committed.as_ref())?;
+    Ok(Recorded {
+        spec,
         planned_component_digest: planned.component_digest,
-        committed_digest: committed_digest.clone(),
-        replayed_digest: None,
-        records: 0,
-        tables: Vec::new(),
-        error: None,
-        identical: false,
-    };
-    match sink.run(&spec, 1, Box::new(fetch)) {
-        Ok(output) => {
-            report.identical = committed_digest.as_deref() == Some(output.digest.as_str());
-            report.replayed_digest = Some(output.digest.clone());
-            report.records = output.records_in;
-            report.tables = output.tables();
-        }
-        Err(failure) => report.error = Some(failure.error.to_string()),
+        committed,
+        tables: config.tables.clone(),
+        limits: config.limits.clone(),
+        records,
+        records_from: "kafka".into(),
+        planned: planned_component,
+        configured: Some(Component::read(&config.pipeline.component)?),
+        notes,
+    })
+}
+
+/// The batch's records, re-read from Kafka. A count that disagrees with the
+/// commit record means the source changed (compaction, deletion) and the
+/// replay would not be of the same batch.
+pub fn fetch_records(config: &PipelineConfig, spec: &BatchSpec, committed: Option<&CommittedBatch>) -> Result<Vec<OwnedRecord>, ReplayError> {
+    let source_err = |detail: String| ReplayError::Source { batch_id: spec.batch_id, detail };
+    let mut source_config = config.source.clone();
+    source_config.properties.entry("group.id".into()).or_insert_with(|| format!("sluice-replay-{}", config.pipeline.id));
+    let source = KafkaSource::connect(source_config).map_err(|e: KafkaSourceError| source_err(e.to_string()))?;
+    let fetch = source.fetch(&spec.ranges).map_err(|e| source_err(e.to_string()))?;
+    let records = read_all(fetch, &spec.ranges).map_err(|e: SourceError| source_err(e.to_string()))?;
+    if let Some(c) = committed.filter(|c| c.records > 0 && c.records != records.len() as u64) {
+        return Err(source_err(format!(
+            "Kafka now has {} records in the batch's ranges, but {} were delivered when it ran (compacted or deleted since)",
+            records.len(),
+            c.records
+        )));
     }
-    Ok(report)
+    Ok(records)
+}
+
+/// The batch as a bundle recorded it. A config, if given, must be of the
+/// same pipeline with the same tables and limits.
+fn from_bundle(path: &Path, config: Option<&PipelineConfig>, batch: Option<u64>) -> Result<Recorded, ReplayError> {
+    let bundle = Bundle::read(path)?;
+    let m = &bundle.manifest;
+    let mismatch = |reason: String| ReplayError::Bundle(BundleError::Mismatch { path: path.to_owned(), reason });
+    if let Some(n) = batch.filter(|&n| n != m.batch.batch_id) {
+        return Err(mismatch(format!("it holds batch {}, not batch {n}", m.batch.batch_id)));
+    }
+    let mut configured = None;
+    if let Some(config) = config {
+        if config.pipeline.id != m.batch.pipeline_id {
+            return Err(mismatch(format!("it is of pipeline `{}`, the config is of pipeline `{}`", m.batch.pipeline_id, config.pipeline.id)));
+        }
+        if config.digest() != m.config_digest {
+            return Err(mismatch(
+                "the config's tables or limits differ from those the batch was planned with; replay the bundle without the config".into(),
+            ));
+        }
+        configured = Some(Component::read(&config.pipeline.component)?);
+    }
+    let planned = bundle.component.map(|bytes| Component { what: format!("{} (component in bundle)", path.display()), bytes });
+    let m = bundle.manifest;
+    Ok(Recorded {
+        spec: m.batch,
+        planned_component_digest: m.component_digest,
+        committed: m.committed,
+        tables: m.tables,
+        limits: m.limits,
+        records: bundle.records,
+        records_from: path.display().to_string(),
+        planned,
+        configured,
+        notes: Vec::new(),
+    })
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(16)]
 }
 
 impl fmt::Display for ReplayReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let short = |d: &str| d[..d.len().min(16)].to_owned();
         let verdict = match (&self.error, &self.committed_digest, self.identical) {
             (Some(_), _, _) => "the sink FAILED on replay",
             (None, None, _) => "batch was never committed: nothing to compare with",
@@ -129,21 +359,52 @@ impl fmt::Display for ReplayReport {
             (None, Some(_), false) => "DIFFERENT from the committed output",
         };
         writeln!(f, "batch {}: {verdict}", self.batch_id)?;
-        let same = if self.component_digest == self.planned_component_digest { " (as planned)" } else { " (planned with another)" };
-        writeln!(f, "  component  {}{same}", short(&self.component_digest))?;
-        writeln!(f, "  committed  {}", self.committed_digest.as_deref().map_or("-".to_owned(), short))?;
-        writeln!(f, "  replayed   {}", self.replayed_digest.as_deref().map_or("-".to_owned(), short))?;
-        writeln!(f, "  records    {}", self.records)?;
+        let same = if self.component_digest == self.planned_component_digest {
+            "the one it was planned with".to_owned()
+        } else {
+            format!("planned with {}", short(&self.planned_component_digest))
+        };
+        writeln!(f, "  component  {} ({same}): {}", short(&self.component_digest), self.component)?;
+        writeln!(f, "  records    {} from {}", self.records, self.records_from)?;
+        writeln!(f, "  committed  {}", self.committed_digest.as_deref().map_or("-", short))?;
+        writeln!(f, "  replayed   {}", self.replayed_digest.as_deref().map_or("-", short))?;
         for t in &self.tables {
+            writeln!(f, "  table {}: {} appended, {} upserted rows in {} op(s)", t.table, t.appended_rows, t.upserted_rows, t.operations)?;
+        }
+        for d in &self.diff {
             writeln!(
                 f,
-                "  table {}: {} appended, {} upserted rows in {} op(s)",
-                t.table, t.appended_rows, t.upserted_rows, t.operations
+                "  diff {}: {} committed rows, {} replayed, {} differ{}",
+                d.table,
+                d.committed_rows,
+                d.replayed_rows,
+                d.differing_rows,
+                if (d.rows.len() as u64) < d.differing_rows { format!(" (first {} shown)", d.rows.len()) } else { String::new() }
             )?;
+            for row in &d.rows {
+                let key = key_text(&row.key);
+                match (&row.committed, &row.replayed) {
+                    (Some(c), Some(r)) => writeln!(f, "    ~ {key}: {}", row_diff::changed_columns(c, r).join(", "))?,
+                    (Some(c), None) => writeln!(f, "    - {key}: only committed {c}")?,
+                    (None, Some(r)) => writeln!(f, "    + {key}: only replayed {r}")?,
+                    (None, None) => {}
+                }
+            }
         }
         if let Some(e) = &self.error {
             writeln!(f, "  error: {e}")?;
         }
+        for note in &self.notes {
+            writeln!(f, "  note: {note}")?;
+        }
         Ok(())
+    }
+}
+
+/// `order_id="o-1"`, or the whole row for tables without keys.
+fn key_text(key: &serde_json::Value) -> String {
+    match key.as_object() {
+        Some(o) if o.len() <= 3 => o.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "),
+        _ => key.to_string(),
     }
 }

@@ -161,6 +161,15 @@ impl Broker {
             .unwrap();
         assert!(status.success(), "creating topic {name}");
     }
+
+    /// Delete a topic and its records, as retention eventually would.
+    pub fn delete_topic(&self, name: &str) {
+        let status = std::process::Command::new(&self.bin)
+            .args(["topic", "delete", "--broker", &format!("tcp://{}", self.bootstrap), name])
+            .status()
+            .unwrap();
+        assert!(status.success(), "deleting topic {name}");
+    }
 }
 
 impl Drop for Broker {
@@ -288,4 +297,49 @@ pub fn read_delta(path: &std::path::Path, app_id: &str) -> ReadBack {
     assert!(out.status.success(), "the Delta reader failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     ReadBack { version: v["version"].as_u64().unwrap(), txn: v["txn"].as_i64(), rows: v["rows"].as_array().unwrap().clone() }
+}
+
+/// Change the table at `path` as another writer would (see
+/// `tests/reader/tamper_delta.py`).
+pub fn tamper_delta(path: &std::path::Path, args: &[&str]) {
+    let python = std::env::var("SLUICE_PYTHON").expect("SLUICE_PYTHON is not set: run the tests with `make test`");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reader/tamper_delta.py");
+    let out = std::process::Command::new(python).arg(script).arg(path).args(args).output().unwrap();
+    assert!(out.status.success(), "tamper_delta {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A `pipeline.toml` running `component` (an orders sink, e.g. the example
+/// `orders-upsert`) from `topic` into the keyed table `orders` under `dir`.
+pub fn orders_config(dir: &std::path::Path, id: &str, bootstrap: &str, topic: &str, max_records: u64, component: &std::path::Path) -> PathBuf {
+    let text = format!(
+        r#"[pipeline]
+id = "{id}"
+component = "{component}"
+checkpoint = "checkpoint"
+trigger = "available_now"
+
+[source]
+bootstrap_servers = "{bootstrap}"
+topics = ["{topic}"]
+max_records_per_batch = {max_records}
+fetch_timeout_ms = 5000
+
+[[tables]]
+name = "orders"
+path = "tables/orders"
+keys = ["order_id"]
+columns = [
+  {{ name = "order_id", type = "string", nullable = false }},
+  {{ name = "customer", type = "string" }},
+  {{ name = "amount_cents", type = "long" }},
+  {{ name = "status", type = "string" }},
+  {{ name = "updated_at_ms", type = "long" }},
+  {{ name = "source_offset", type = "long" }},
+]
+"#,
+        component = component.display()
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }

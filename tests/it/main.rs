@@ -5,6 +5,7 @@ mod bad_components;
 mod cli;
 mod conformance;
 mod crash;
+mod batch_tools;
 mod delta_commit;
 mod determinism;
 mod harness;

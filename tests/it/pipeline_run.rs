@@ -89,7 +89,7 @@ fn run_commits_every_record_exactly_once_on_a_real_broker_and_status_shows_it() 
     assert_eq!((report["identical"].as_bool(), report["records"].as_u64()), (Some(false), Some(20)));
     assert_ne!(report["replayed_digest"], report["committed_digest"]);
     let (code, _, stderr) = sluice_output(&["replay", config.to_str().unwrap(), "--batch", "99"]);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "a batch never planned cannot be replayed");
     assert!(stderr.contains("batch 99 is not in the checkpoint's offset log: it was never planned"), "{stderr}");
     assert_eq!(snapshot(dir.path()), checkpoint, "replay leaves the checkpoint alone");
     assert_eq!(versions(dir.path()), before, "and the tables");

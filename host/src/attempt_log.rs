@@ -1,0 +1,186 @@
+//! What each attempt of a batch did, for `sluice batch show`: when it ran,
+//! how it ended, and the sink's log.
+//!
+//! Kept in the checkpoint directory as `attempts/<batch>/<attempt>.json`.
+//! An attempt is recorded as `running` before the sink starts and
+//! overwritten with its outcome after, so an attempt cut short by a crash
+//! still shows. These files are diagnostics, not part of the write-ahead
+//! protocol: they are written atomically (rename) but not fsynced, and a
+//! missing or unreadable one never stops the pipeline.
+//!
+//! Bounds: the last [`MAX_LOG_LINES`] log lines of an attempt, each cut to
+//! [`MAX_LINE_BYTES`], and the attempts of the last [`KEEP_BATCHES`] batches.
+
+use crate::batch_log::LogLine;
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Log lines kept per attempt (the last ones: they lead to the outcome).
+pub const MAX_LOG_LINES: usize = 200;
+/// Bytes kept of one log line's message.
+pub const MAX_LINE_BYTES: usize = 2048;
+/// Batches whose attempts are kept.
+pub const KEEP_BATCHES: u64 = 1000;
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Started and not (yet) finished; after a restart: cut short.
+    Running,
+    /// The sink returned an output.
+    Succeeded,
+    /// The attempt failed.
+    Failed,
+}
+
+/// One attempt of one batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRecord {
+    /// The batch.
+    pub batch_id: u64,
+    /// The attempt (1-based, per process run: a restart counts from 1 again).
+    pub attempt: u32,
+    /// The process that ran it.
+    pub pid: u32,
+    /// Start, ms since the Unix epoch.
+    pub started_ms: i64,
+    /// How long it took, once finished.
+    pub duration_ms: Option<u64>,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The error, when it failed.
+    pub error: Option<String>,
+    /// Records delivered, when it succeeded.
+    pub records: Option<u64>,
+    /// The attempt's `/staging`, when kept for inspection.
+    pub kept_scratch: Option<PathBuf>,
+    /// The last log lines.
+    pub log: Vec<LogLine>,
+    /// Log lines left out by the bound.
+    pub log_lines_dropped: u64,
+}
+
+impl AttemptRecord {
+    /// An attempt starting now.
+    pub fn started(batch_id: u64, attempt: u32, started_ms: i64) -> Self {
+        Self {
+            batch_id,
+            attempt,
+            pid: std::process::id(),
+            started_ms,
+            duration_ms: None,
+            outcome: Outcome::Running,
+            error: None,
+            records: None,
+            kept_scratch: None,
+            log: Vec::new(),
+            log_lines_dropped: 0,
+        }
+    }
+
+    /// Keep the last lines of `log`, within the bounds.
+    pub fn with_log(mut self, log: &[LogLine]) -> Self {
+        let skip = log.len().saturating_sub(MAX_LOG_LINES);
+        self.log_lines_dropped = skip as u64;
+        self.log = log[skip..]
+            .iter()
+            .map(|line| {
+                let mut line = line.clone();
+                if line.message.len() > MAX_LINE_BYTES {
+                    let cut = (0..=MAX_LINE_BYTES).rev().find(|&i| line.message.is_char_boundary(i)).unwrap_or(0);
+                    line.message.truncate(cut);
+                    line.message.push('…');
+                }
+                line
+            })
+            .collect();
+        self
+    }
+}
+
+fn batch_dir(checkpoint: &Path, batch_id: u64) -> PathBuf {
+    checkpoint.join("attempts").join(batch_id.to_string())
+}
+
+/// Record `attempt` (replacing an earlier record of it), and forget the
+/// attempts of batches older than the bound.
+pub fn write(checkpoint: &Path, attempt: &AttemptRecord) -> io::Result<()> {
+    let dir = batch_dir(checkpoint, attempt.batch_id);
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}.json", attempt.attempt));
+    let tmp = dir.join(format!(".{}.tmp", attempt.attempt));
+    std::fs::write(&tmp, serde_json::to_vec_pretty(attempt).expect("attempt records serialise"))?;
+    std::fs::rename(&tmp, &path)?;
+    if attempt.attempt == 1
+        && let Some(old) = attempt.batch_id.checked_sub(KEEP_BATCHES)
+    {
+        match std::fs::remove_dir_all(batch_dir(checkpoint, old)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The recorded attempts of a batch, oldest first (by start time).
+/// Unreadable records are returned as errors naming the file.
+pub fn read(checkpoint: &Path, batch_id: u64) -> Vec<Result<AttemptRecord, String>> {
+    let dir = batch_dir(checkpoint, batch_id);
+    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
+    let mut out: Vec<Result<AttemptRecord, String>> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .map(|p| {
+            std::fs::read(&p)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .map_err(|e| format!("{}: {e}", p.display()))
+        })
+        .collect();
+    out.sort_by_key(|r| r.as_ref().map_or((i64::MAX, 0), |a| (a.started_ms, a.attempt)));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch_log::{Level, LogSource};
+
+    fn line(message: String) -> LogLine {
+        LogLine { level: Level::Info, source: LogSource::Sink, message, fields: Vec::new() }
+    }
+
+    #[test]
+    fn attempts_are_kept_with_their_last_log_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log: Vec<LogLine> = (0..250).map(|i| line(format!("line {i}"))).collect();
+        let mut first = AttemptRecord::started(3, 1, 1000);
+        write(dir.path(), &first).unwrap();
+        assert_eq!(read(dir.path(), 3), vec![Ok(first.clone())], "a running attempt shows");
+        first.outcome = Outcome::Failed;
+        first.error = Some("trap".into());
+        let first = first.with_log(&log);
+        write(dir.path(), &first).unwrap();
+        let second = AttemptRecord { outcome: Outcome::Succeeded, ..AttemptRecord::started(3, 2, 2000) }.with_log(&[line("é".repeat(3000))]);
+        write(dir.path(), &second).unwrap();
+        let read = read(dir.path(), 3);
+        assert_eq!(read.len(), 2);
+        let (a, b) = (read[0].as_ref().unwrap(), read[1].as_ref().unwrap());
+        assert_eq!((a.outcome, a.log.len(), a.log_lines_dropped), (Outcome::Failed, MAX_LOG_LINES, 50));
+        assert_eq!(a.log[0].message, "line 50");
+        assert_eq!(b.log[0].message.len(), MAX_LINE_BYTES + '…'.len_utf8());
+    }
+
+    #[test]
+    fn old_batches_are_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &AttemptRecord::started(5, 1, 0)).unwrap();
+        write(dir.path(), &AttemptRecord::started(KEEP_BATCHES + 4, 1, 0)).unwrap();
+        assert_eq!(read(dir.path(), 5).len(), 1);
+        write(dir.path(), &AttemptRecord::started(KEEP_BATCHES + 5, 1, 0)).unwrap();
+        assert!(read(dir.path(), 5).is_empty());
+    }
+}

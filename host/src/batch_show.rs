@@ -1,0 +1,95 @@
+//! `sluice batch show`: everything recorded about one batch: its plan, its
+//! commit, and each attempt with its error and the sink's log.
+
+use crate::attempt_log::{self, AttemptRecord, Outcome};
+use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, PlannedBatch};
+use crate::config::PipelineConfig;
+use serde::Serialize;
+use std::fmt;
+
+/// One batch, as recorded.
+#[derive(Debug, Clone, Serialize)]
+pub struct BatchInfo {
+    /// The batch.
+    pub batch_id: u64,
+    /// Its plan (`offsets/N`).
+    pub planned: PlannedBatch,
+    /// Its commit record (`commits/N`), once committed.
+    pub committed: Option<CommittedBatch>,
+    /// Whether the planned component is kept in the checkpoint.
+    pub component_kept: bool,
+    /// The recorded attempts, oldest first.
+    pub attempts: Vec<AttemptRecord>,
+    /// Attempt records that could not be read.
+    pub unreadable_attempts: Vec<String>,
+}
+
+/// Gather what the checkpoint holds about batch `n`; `None` if never planned.
+pub fn show(config: &PipelineConfig, n: u64) -> Result<Option<BatchInfo>, CheckpointError> {
+    let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
+    let Some(planned) = checkpoint.planned(n)? else { return Ok(None) };
+    let (attempts, unreadable_attempts) = attempt_log::read(checkpoint.dir(), n).into_iter().partition::<Vec<_>, _>(Result::is_ok);
+    Ok(Some(BatchInfo {
+        batch_id: n,
+        component_kept: checkpoint.component(&planned.component_digest).exists(),
+        committed: checkpoint.committed(n)?,
+        planned,
+        attempts: attempts.into_iter().flatten().collect(),
+        unreadable_attempts: unreadable_attempts.into_iter().filter_map(Result::err).collect(),
+    }))
+}
+
+impl fmt::Display for BatchInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let p = &self.planned;
+        let state = match &self.committed {
+            Some(_) => "committed",
+            None if self.attempts.iter().any(|a| a.outcome == Outcome::Failed) => "NOT committed: failed (re-run by the next `sluice run`)",
+            None => "NOT committed: planned (re-run by the next `sluice run`)",
+        };
+        writeln!(f, "batch {}: {state}", self.batch_id)?;
+        writeln!(f, "  planned at   {} ms since the epoch (the sink's clock)", p.planned_timestamp_ms)?;
+        let kept = if self.component_kept { "kept in the checkpoint" } else { "not kept" };
+        writeln!(f, "  component    {} ({kept})", p.component_digest)?;
+        writeln!(f, "  config       {}", p.config_digest)?;
+        writeln!(f, "  ranges")?;
+        for r in &p.ranges {
+            writeln!(f, "    {}/{}  [{}, {})  {} offsets", r.topic, r.partition, r.start, r.end, r.end - r.start)?;
+        }
+        if let Some(c) = &self.committed {
+            writeln!(f, "  output       {}", c.output_digest)?;
+            writeln!(f, "  records      {}", c.records)?;
+            for (table, version) in &c.table_versions {
+                let rows = c.staged_rows.get(table).map_or(String::new(), |r| format!(", {r} rows staged"));
+                writeln!(f, "  table        {table} at Delta version {version}{rows}")?;
+            }
+        }
+        if self.attempts.is_empty() {
+            writeln!(f, "  attempts     none recorded")?;
+        }
+        for a in &self.attempts {
+            let took = a.duration_ms.map_or(String::new(), |d| format!(" in {d} ms"));
+            let outcome = match a.outcome {
+                Outcome::Running => "did not finish (the process stopped during it, or is still running it)".to_owned(),
+                Outcome::Succeeded => format!("succeeded{took}, {} records", a.records.unwrap_or(0)),
+                Outcome::Failed => format!("FAILED{took}: {}", a.error.as_deref().unwrap_or("?")),
+            };
+            writeln!(f, "  attempt {} (pid {}, started {} ms): {outcome}", a.attempt, a.pid, a.started_ms)?;
+            if let Some(dir) = &a.kept_scratch {
+                writeln!(f, "    /staging kept at {}", dir.display())?;
+            }
+            if a.log_lines_dropped > 0 {
+                writeln!(f, "    ({} earlier log lines not kept)", a.log_lines_dropped)?;
+            }
+            for line in &a.log {
+                let mut text = String::new();
+                crate::exec::write_log_line(&mut text, line)?;
+                write!(f, "  {text}")?;
+            }
+        }
+        for e in &self.unreadable_attempts {
+            writeln!(f, "  unreadable attempt record: {e}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,56 @@
+//! `sluice batch export`: write one committed (or planned) batch to a
+//! bundle, while its records are still in Kafka.
+
+use crate::bundle::{Bundle, Manifest};
+use crate::checkpoint::Checkpoint;
+use crate::config::PipelineConfig;
+use crate::records::BatchSpec;
+use crate::replay::{ReplayError, fetch_records};
+use sha2::{Digest, Sha256};
+use std::path::Path;
+
+/// Export batch `n` of the pipeline to `out`. With `with_component`, the
+/// component the batch was planned with goes in too, so the bundle
+/// replays with nothing else.
+pub fn export(config: &PipelineConfig, n: u64, out: &Path, with_component: bool) -> Result<Manifest, ReplayError> {
+    let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
+    let planned = checkpoint.planned(n)?.ok_or(ReplayError::NotPlanned(n))?;
+    let committed = checkpoint.committed(n)?;
+    let component = if with_component { Some(planned_component(config, &checkpoint, &planned.component_digest)?) } else { None };
+    let spec = BatchSpec {
+        pipeline_id: config.pipeline.id.clone(),
+        batch_id: n,
+        planned_timestamp_ms: planned.planned_timestamp_ms,
+        ranges: planned.ranges,
+    };
+    let records = fetch_records(config, &spec, committed.as_ref())?;
+    let bundle = Bundle::new(
+        spec,
+        planned.component_digest,
+        planned.config_digest,
+        committed,
+        config.tables.clone(),
+        config.limits.clone(),
+        records,
+        component,
+    );
+    bundle.write(out)?;
+    Ok(bundle.manifest)
+}
+
+/// The bytes of the component with `digest`: kept in the checkpoint, or
+/// the configured one if it is still that component.
+fn planned_component(config: &PipelineConfig, checkpoint: &Checkpoint, digest: &str) -> Result<Vec<u8>, ReplayError> {
+    for path in [checkpoint.component(digest), config.pipeline.component.clone()] {
+        if let Ok(bytes) = std::fs::read(&path)
+            && hex::encode(Sha256::digest(&bytes)) == digest
+        {
+            return Ok(bytes);
+        }
+    }
+    Err(ReplayError::Usage(format!(
+        "the component the batch was planned with ({}) is neither kept in the checkpoint nor the configured one; \
+         export without it (--without-component) and pass --component when replaying",
+        &digest[..digest.len().min(16)]
+    )))
+}
