@@ -1,7 +1,8 @@
 //! What each attempt of a batch did, for `sluice batch show`: when it ran,
 //! how it ended, and the sink's log.
 //!
-//! Kept in the checkpoint directory as `attempts/<batch>/<attempt>.json`.
+//! Kept in the checkpoint directory as
+//! `attempts/<batch>/<start ms>-<pid>-<attempt>.json`.
 //! An attempt is recorded as `running` before the sink starts and
 //! overwritten with its outcome after, so an attempt cut short by a crash
 //! still shows. These files are diagnostics, not part of the write-ahead
@@ -109,8 +110,10 @@ fn batch_dir(checkpoint: &Path, batch_id: u64) -> PathBuf {
 pub fn write(checkpoint: &Path, attempt: &AttemptRecord) -> io::Result<()> {
     let dir = batch_dir(checkpoint, attempt.batch_id);
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}.json", attempt.attempt));
-    let tmp = dir.join(format!(".{}.tmp", attempt.attempt));
+    // Attempt numbers restart with each process run: the name tells runs apart.
+    let name = format!("{}-{}-{}", attempt.started_ms, attempt.pid, attempt.attempt);
+    let path = dir.join(format!("{name}.json"));
+    let tmp = dir.join(format!(".{name}.tmp"));
     std::fs::write(&tmp, serde_json::to_vec_pretty(attempt).expect("attempt records serialise"))?;
     std::fs::rename(&tmp, &path)?;
     if attempt.attempt == 1

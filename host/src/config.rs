@@ -335,4 +335,15 @@ fuel = 1000
         assert_eq!(c.tables[0].path, dir.path().join("state/orders"));
         assert_eq!(c.scratch_dir(), dir.path().join("state/checkpoint/scratch"));
     }
+
+    #[test]
+    fn the_digest_follows_what_decides_output_not_where_things_are() {
+        let digest = |text: &str| PipelineConfig::parse(text).unwrap().digest();
+        let base = digest(GOOD);
+        assert_eq!(digest(&GOOD.replace("path = \"state/orders\"", "path = \"/elsewhere/orders\"")), base, "a checkout elsewhere");
+        assert_eq!(digest(&GOOD.replace("127.0.0.1:9092", "kafka:9092")), base);
+        assert_ne!(digest(&GOOD.replace("fuel = 1000", "fuel = 2000")), base, "limits");
+        assert_ne!(digest(&GOOD.replace("type = \"long\"", "type = \"double\"")), base, "schema");
+        assert_ne!(digest(&GOOD.replace("id = \"orders\"", "id = \"payments\"")), base, "the seed");
+    }
 }

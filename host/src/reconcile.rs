@@ -95,8 +95,17 @@ pub struct BatchReport {
     pub source_records: Option<u64>,
     /// Records the sink was given.
     pub delivered_records: Option<u64>,
-    /// Table → (rows sluice asked Delta to write, rows Delta reports).
-    pub rows: BTreeMap<String, (Option<u64>, Option<u64>)>,
+    /// Table → rows, by each witness.
+    pub rows: BTreeMap<String, RowCounts>,
+}
+
+/// One batch's rows in one table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RowCounts {
+    /// Rows sluice asked Delta to write (upserts: one per key).
+    pub staged: Option<u64>,
+    /// Rows Delta reports writing.
+    pub delta: Option<u64>,
 }
 
 /// The whole check.
@@ -298,7 +307,7 @@ fn check_table(committer: &DeltaCommitter, t: &crate::commit::TableConfig, log: 
             batch_id: None,
             table: Some(name.clone()),
             message: format!(
-                "`{name}` has {rows} rows but this pipeline's commits account for {expected}: {} rows {what}{by}",
+                "`{name}` has {rows} rows but this pipeline's commits account for {expected}: {} row(s) {what}{by}",
                 (rows as i64 - expected).abs()
             ),
         });
@@ -362,7 +371,7 @@ fn check_batches(
         let delivered = entries.values().find_map(|e| e.records);
         let mut batch = BatchReport { batch_id: n, source_records: None, delivered_records: delivered, rows: BTreeMap::new() };
         for (table, e) in &entries {
-            batch.rows.insert((*table).clone(), (e.rows, e.rows_written));
+            batch.rows.insert((*table).clone(), RowCounts { staged: e.rows, delta: e.rows_written });
             if let (Some(asked), Some(written)) = (e.rows, e.rows_written)
                 && asked != written
             {
@@ -452,5 +461,79 @@ impl fmt::Display for ReconcileReport {
             writeln!(f, "  not checked: {u}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::commit::LogEntry;
+
+    fn entry(version: u64, txn: Option<i64>) -> LogEntry {
+        LogEntry {
+            version,
+            operation: "WRITE".into(),
+            txn,
+            batch_id: txn.map(|t| t as u64),
+            output_digest: None,
+            records: None,
+            rows: None,
+            rows_written: None,
+            rows_added: None,
+        }
+    }
+
+    fn report() -> ReconcileReport {
+        ReconcileReport {
+            pipeline_id: "p".into(),
+            last_committed: None,
+            batches: Vec::new(),
+            tables: Vec::new(),
+            findings: Vec::new(),
+            unchecked: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn txn_versions_must_run_without_holes_or_repeats() {
+        let log = TableLog {
+            version: 5,
+            entries: vec![entry(0, None), entry(1, Some(0)), entry(2, Some(1)), entry(3, Some(3)), entry(4, None), entry(5, Some(3))],
+            first_version: 0,
+        };
+        let mut r = report();
+        check_txns("t", &log, Some(3), &mut r);
+        let found: Vec<(FindingKind, Option<u64>, &str)> = r.findings.iter().map(|f| (f.kind, f.batch_id, f.message.as_str())).collect();
+        assert_eq!(
+            found,
+            [
+                (FindingKind::Duplicate, Some(3), "batch 3 was committed 2 times to `t` (versions [3, 5])"),
+                (FindingKind::SkippedTxn, Some(2), "`t` has no transaction for committed batch 2: txn version 2 was skipped"),
+            ]
+        );
+        let mut r = report();
+        check_txns("t", &log, Some(1), &mut r);
+        assert_eq!(r.findings.len(), 1, "only the repeat: batch 3 is past the last committed one");
+    }
+
+    #[test]
+    fn ranges_must_continue_where_the_last_batch_ended() {
+        let plan = |n: u64, start: i64, end: i64| PlannedBatch {
+            batch_id: n,
+            planned_timestamp_ms: 0,
+            ranges: vec![crate::records::SourceRange { topic: "o".into(), partition: 0, start, end }],
+            component_digest: String::new(),
+            config_digest: String::new(),
+        };
+        let mut r = report();
+        check_ranges(&[plan(0, 0, 10), plan(1, 10, 20), plan(2, 25, 30), plan(3, 28, 40)], &mut r);
+        let messages: Vec<&str> = r.findings.iter().map(|f| f.message.as_str()).collect();
+        assert_eq!(
+            messages,
+            [
+                "offsets [20, 25) of o/0 are in no batch: batch 1 ended at 20, batch 2 starts at 25",
+                "offsets [28, 30) of o/0 are in two batches: 2 and 3",
+            ]
+        );
     }
 }

@@ -218,7 +218,7 @@ fn reconcile_passes_a_clean_run_and_finds_injected_gaps_and_duplicates() {
     assert_eq!(report["tables"][0]["rows"], 90);
     let batches = report["batches"].as_array().unwrap();
     assert_eq!(batches.len(), 3);
-    assert!(batches.iter().all(|b| b["source_records"] == 30 && b["delivered_records"] == 30 && b["rows"]["orders"] == json!([30, 30])), "{batches:?}");
+    assert!(batches.iter().all(|b| b["source_records"] == 30 && b["delivered_records"] == 30 && b["rows"]["orders"] == json!({"staged": 30, "delta": 30})), "{batches:?}");
     let (code, stdout, _) = sluice_output(&["reconcile", config]);
     assert_eq!(code, 0);
     assert!(stdout.starts_with("pipeline orders: OK (last committed batch 2)"), "{stdout}");
@@ -230,7 +230,7 @@ fn reconcile_passes_a_clean_run_and_finds_injected_gaps_and_duplicates() {
     let findings = report["findings"].as_array().unwrap();
     assert_eq!(findings.len(), 1, "{findings:?}");
     assert_eq!(findings[0]["kind"], "gap");
-    assert_eq!(findings[0]["message"], "`orders` has 89 rows but this pipeline's commits account for 90: 1 rows missing; versions [4] were written by something other than this pipeline");
+    assert_eq!(findings[0]["message"], "`orders` has 89 rows but this pipeline's commits account for 90: 1 row(s) missing; versions [4] were written by something other than this pipeline");
 
     // ...and appends two copies of another: duplicates, by key and by count.
     tamper_delta(&table, &["duplicate", "order_id=o-007", "2"]);
@@ -240,7 +240,7 @@ fn reconcile_passes_a_clean_run_and_finds_injected_gaps_and_duplicates() {
     assert_eq!(
         messages,
         [
-            "`orders` has 91 rows but this pipeline's commits account for 90: 1 rows extra; versions [4, 5, 6] were written by something other than this pipeline",
+            "`orders` has 91 rows but this pipeline's commits account for 90: 1 row(s) extra; versions [4, 5, 6] were written by something other than this pipeline",
             "`orders` has 1 key(s) held by more than one row, e.g. {\"n\":3,\"order_id\":\"o-007\"}",
         ]
     );

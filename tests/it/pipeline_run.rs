@@ -187,6 +187,14 @@ fn a_failing_sink_stops_with_a_report_commits_nothing_and_the_fixed_sink_finishe
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.starts_with("batch 0: 2 records,"), "{stdout}");
     assert_exactly_once(dir.path(), &["trap".to_owned(), "x".to_owned()]);
+
+    // `batch show` keeps both runs' attempts: the trap, then the fix.
+    let (code, stdout, stderr) = sluice_output(&["batch", "show", "0", "--config", config.to_str().unwrap(), "--json"]);
+    assert_eq!(code, 0, "{stderr}");
+    let attempts = serde_json::from_str::<Value>(&stdout).unwrap()["attempts"].as_array().unwrap().clone();
+    let outcomes: Vec<_> = attempts.iter().map(|a| (a["outcome"].as_str().unwrap(), a["error"].as_str().map(|e| e.split(':').next().unwrap().to_owned()))).collect();
+    assert_eq!(outcomes, [("failed", Some("sink trapped".to_owned())), ("succeeded", None)]);
+    assert!(attempts[0]["kept_scratch"].as_str().is_some_and(|d| Path::new(d).is_dir()), "{attempts:?}");
 }
 
 #[test]
@@ -209,6 +217,15 @@ fn a_retryable_failure_is_retried_with_a_fresh_instance_up_to_the_limit() {
     assert_eq!(std::fs::read_dir(dir.path().join("checkpoint/scratch/failed")).unwrap().count(), 3, "each attempt had its own /staging");
     let metrics = std::fs::read_to_string(dir.path().join("metrics.prom")).unwrap();
     assert!(metrics.contains("sluice_sink_failures_total{pipeline=\"fan-out\"} 3\n"), "{metrics}");
+
+    let (code, stdout, _) = sluice_output(&["batch", "show", "0", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 0);
+    assert!(stdout.starts_with("batch 0: NOT committed: failed (re-run by the next `sluice run`)\n"), "{stdout}");
+    for attempt in 1..=3 {
+        let line = format!("  attempt {attempt} (pid ");
+        assert!(stdout.lines().any(|l| l.starts_with(&line) && l.contains(": FAILED in ") && l.contains("(limits.deadline_ms = 200)")), "{stdout}");
+    }
+    assert_eq!(stdout.matches("    /staging kept at ").count(), 3, "{stdout}");
 }
 
 #[test]
