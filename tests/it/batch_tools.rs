@@ -6,12 +6,11 @@
 use crate::harness::*;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
-use std::path::Path;
 
 /// Order `i`: every fifth is cancelled; every third has a round amount.
 fn order(i: usize) -> Value {
-    let amount = if i % 3 == 0 { 1000 + i * 100 } else { 1234 + i };
-    let status = if i % 5 == 0 { "cancelled" } else { "paid" };
+    let amount = if i.is_multiple_of(3) { 1000 + i * 100 } else { 1234 + i };
+    let status = if i.is_multiple_of(5) { "cancelled" } else { "paid" };
     json!({"order_id": format!("o-{i:03}"), "customer": format!("c-{}", i % 7), "amount_cents": amount, "status": status})
 }
 
@@ -19,16 +18,6 @@ fn orders(range: std::ops::Range<usize>) -> Vec<String> {
     range.map(|i| order(i).to_string()).collect()
 }
 
-/// Checkpoint files (offsets, commits) and their bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    for log in ["offsets", "commits"] {
-        for e in std::fs::read_dir(dir.join("checkpoint").join(log)).unwrap().flatten() {
-            files.insert(format!("{log}/{}", e.file_name().to_string_lossy()), std::fs::read(e.path()).unwrap());
-        }
-    }
-    files
-}
 
 fn json_of(stdout: &str) -> Value {
     serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {stdout}"))
@@ -40,11 +29,11 @@ fn replay_with_a_changed_sink_shows_the_rows_it_would_change() {
     broker.create_topic("orders", 2);
     produce(&broker.bootstrap, "orders", 2, &orders(0..60));
     let dir = tempfile::tempdir().unwrap();
-    let config = orders_config(dir.path(), "orders", &broker.bootstrap, "orders", 1000, &guest("orders-upsert"));
+    let config = orders_config(dir.path(), "orders", &broker.bootstrap, 1000, &guest("orders-upsert"), "");
     let config = config.to_str().unwrap();
     let (code, _, stderr) = sluice_output(&["run", config]);
     assert_eq!(code, 0, "{stderr}");
-    let checkpoint = snapshot(dir.path());
+    let checkpoint = checkpoint_files(dir.path());
     let version = read_delta(&dir.path().join("tables/orders"), "orders").version;
 
     let (code, stdout, stderr) = sluice_output(&["replay", config, "--batch", "0"]);
@@ -92,7 +81,7 @@ fn replay_with_a_changed_sink_shows_the_rows_it_would_change() {
     assert!(stdout.contains("    - order_id=\"o-000\": only committed {"), "{stdout}");
     assert!(stdout.contains("    ~ order_id=\"o-001\": amount_cents: 1235 → 1200"), "{stdout}");
 
-    assert_eq!(snapshot(dir.path()), checkpoint, "replay leaves the checkpoint alone");
+    assert_eq!(checkpoint_files(dir.path()), checkpoint, "replay leaves the checkpoint alone");
     assert_eq!(read_delta(&dir.path().join("tables/orders"), "orders").version, version, "and the table");
 }
 
@@ -102,7 +91,7 @@ fn a_bundle_replays_without_kafka_in_a_fresh_directory_and_bad_bundles_are_refus
     broker.create_topic("orders", 2);
     produce(&broker.bootstrap, "orders", 2, &orders(0..90));
     let dir = tempfile::tempdir().unwrap();
-    let config = orders_config(dir.path(), "orders", &broker.bootstrap, "orders", 40, &guest("orders-upsert"));
+    let config = orders_config(dir.path(), "orders", &broker.bootstrap, 40, &guest("orders-upsert"), "");
     let config = config.to_str().unwrap();
     let (code, _, stderr) = sluice_output(&["run", config]);
     assert_eq!(code, 0, "{stderr}");
@@ -170,7 +159,7 @@ fn a_bundle_replays_without_kafka_in_a_fresh_directory_and_bad_bundles_are_refus
     assert_eq!(code, 2);
     assert!(stderr.contains(&format!("bundle {} does not match: it holds batch 1, not batch 0", with.display())), "{stderr}");
     let other = tempfile::tempdir().unwrap();
-    let other_config = orders_config(other.path(), "payments", "127.0.0.1:1", "orders", 40, &guest("orders-upsert"));
+    let other_config = orders_config(other.path(), "payments", "127.0.0.1:1", 40, &guest("orders-upsert"), "");
     let (code, _, stderr) = sluice_output(&["replay", other_config.to_str().unwrap(), "--bundle", with.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(stderr.contains("does not match: it is of pipeline `orders`, the config is of pipeline `payments`"), "{stderr}");
@@ -203,7 +192,7 @@ fn reconcile_passes_a_clean_run_and_finds_injected_gaps_and_duplicates() {
     cluster.create_topic("orders", 2, 1).unwrap();
     produce(&cluster.bootstrap_servers(), "orders", 2, &orders(0..90));
     let dir = tempfile::tempdir().unwrap();
-    let config = orders_config(dir.path(), "orders", &cluster.bootstrap_servers(), "orders", 30, &guest("orders-upsert"));
+    let config = orders_config(dir.path(), "orders", &cluster.bootstrap_servers(), 30, &guest("orders-upsert"), "");
     let config = config.to_str().unwrap();
     assert_eq!(sluice_output(&["run", config]).0, 0);
     let table = dir.path().join("tables/orders");

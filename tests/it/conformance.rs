@@ -387,45 +387,6 @@ fn an_uncaught_error_is_a_trap_with_its_message_in_every_language() {
     }
 }
 
-/// A `pipeline.toml` for the orders sink of `lang`, as the guides describe.
-fn orders_config(dir: &std::path::Path, bootstrap: &str, component: &std::path::Path, pipeline: &str) -> PathBuf {
-    let text = format!(
-        r#"[pipeline]
-id = "{pipeline}"
-component = "{component}"
-checkpoint = "checkpoint"
-trigger = "available_now"
-retry_backoff_ms = 20
-
-[source]
-bootstrap_servers = "{bootstrap}"
-topics = ["orders"]
-max_records_per_batch = 40
-fetch_timeout_ms = 20000
-
-[[tables]]
-name = "orders"
-path = "tables/orders"
-keys = ["order_id"]
-columns = [
-  {{ name = "order_id", type = "string", nullable = false }},
-  {{ name = "customer", type = "string" }},
-  {{ name = "amount_cents", type = "long" }},
-  {{ name = "status", type = "string" }},
-  {{ name = "updated_at_ms", type = "long" }},
-  {{ name = "source_offset", type = "long" }},
-]
-
-[limits]
-fuel = 500_000_000_000
-"#,
-        component = component.display()
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
 #[test]
 fn sluice_run_gives_the_same_table_in_every_language() {
     let broker = Broker::start();
@@ -443,7 +404,7 @@ fn sluice_run_gives_the_same_table_in_every_language() {
     for lang in languages().into_iter().filter(|l| l.orders.is_some()) {
         let dir = tempfile::tempdir().unwrap();
         let pipeline = format!("orders-{}", lang.name);
-        let config = orders_config(dir.path(), &broker.bootstrap, lang.orders.as_ref().unwrap(), &pipeline);
+        let config = orders_config(dir.path(), &pipeline, &broker.bootstrap, 40, lang.orders.as_ref().unwrap(), "\n[limits]\nfuel = 500_000_000_000\n");
         let (code, _stdout, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
         assert_eq!(code, 0, "{}: {stderr}", lang.name);
         let table = read_delta(&dir.path().join("tables/orders"), &pipeline);

@@ -309,20 +309,22 @@ pub fn tamper_delta(path: &std::path::Path, args: &[&str]) {
 }
 
 /// A `pipeline.toml` running `component` (an orders sink, e.g. the example
-/// `orders-upsert`) from `topic` into the keyed table `orders` under `dir`.
-pub fn orders_config(dir: &std::path::Path, id: &str, bootstrap: &str, topic: &str, max_records: u64, component: &std::path::Path) -> PathBuf {
+/// `orders-upsert`, as the guides describe) from the topic `orders` into the
+/// keyed table `orders` under `dir`. `extra` is appended (e.g. `[limits]`).
+pub fn orders_config(dir: &std::path::Path, id: &str, bootstrap: &str, max_records: u64, component: &std::path::Path, extra: &str) -> PathBuf {
     let text = format!(
         r#"[pipeline]
 id = "{id}"
 component = "{component}"
 checkpoint = "checkpoint"
 trigger = "available_now"
+retry_backoff_ms = 20
 
 [source]
 bootstrap_servers = "{bootstrap}"
-topics = ["{topic}"]
+topics = ["orders"]
 max_records_per_batch = {max_records}
-fetch_timeout_ms = 5000
+fetch_timeout_ms = 20000
 
 [[tables]]
 name = "orders"
@@ -336,10 +338,21 @@ columns = [
   {{ name = "updated_at_ms", type = "long" }},
   {{ name = "source_offset", type = "long" }},
 ]
-"#,
+{extra}"#,
         component = component.display()
     );
     let path = dir.join("pipeline.toml");
     std::fs::write(&path, text).unwrap();
     path
+}
+
+/// The checkpoint's offset and commit logs under `dir`: file → bytes.
+pub fn checkpoint_files(dir: &std::path::Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    for log in ["offsets", "commits"] {
+        for e in std::fs::read_dir(dir.join("checkpoint").join(log)).unwrap().flatten() {
+            files.insert(format!("{log}/{}", e.file_name().to_string_lossy()), std::fs::read(e.path()).unwrap());
+        }
+    }
+    files
 }

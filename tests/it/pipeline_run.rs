@@ -30,16 +30,6 @@ fn run_pipeline(config: &Path) -> (i32, String, String) {
     sluice_output(&["run", config.to_str().unwrap()])
 }
 
-/// Checkpoint files and their bytes.
-fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    for log in ["offsets", "commits"] {
-        for e in std::fs::read_dir(dir.join("checkpoint").join(log)).unwrap().flatten() {
-            files.insert(format!("{log}/{}", e.file_name().to_string_lossy()), std::fs::read(e.path()).unwrap());
-        }
-    }
-    files
-}
 
 #[test]
 fn run_commits_every_record_exactly_once_on_a_real_broker_and_status_shows_it() {
@@ -73,7 +63,7 @@ fn run_commits_every_record_exactly_once_on_a_real_broker_and_status_shows_it() 
     assert_eq!(status["tables"][0]["state"]["last_batch"], 4);
 
     // Every committed batch replays bit for bit, and replaying writes nothing.
-    let checkpoint = snapshot(dir.path());
+    let checkpoint = checkpoint_files(dir.path());
     let versions = |d: &Path| ["events", "audit"].map(|t| read_delta(&d.join("tables").join(t), "fan-out").version);
     let before = versions(dir.path());
     for batch in 0..5 {
@@ -91,7 +81,7 @@ fn run_commits_every_record_exactly_once_on_a_real_broker_and_status_shows_it() 
     let (code, _, stderr) = sluice_output(&["replay", config.to_str().unwrap(), "--batch", "99"]);
     assert_eq!(code, 2, "a batch never planned cannot be replayed");
     assert!(stderr.contains("batch 99 is not in the checkpoint's offset log: it was never planned"), "{stderr}");
-    assert_eq!(snapshot(dir.path()), checkpoint, "replay leaves the checkpoint alone");
+    assert_eq!(checkpoint_files(dir.path()), checkpoint, "replay leaves the checkpoint alone");
     assert_eq!(versions(dir.path()), before, "and the tables");
 
     // More records: the next run continues at batch 5, from where 4 ended.
@@ -179,7 +169,7 @@ fn a_failing_sink_stops_with_a_report_commits_nothing_and_the_fixed_sink_finishe
     assert!(stderr.contains(&rerun), "{stderr}");
     assert!(stderr.contains("/staging of the last attempt kept at"), "{stderr}");
     assert!(read_delta(&dir.path().join("tables/events"), "fan-out").rows.is_empty(), "nothing committed");
-    assert_eq!(snapshot(dir.path()).keys().collect::<Vec<_>>(), ["offsets/0"], "planned, not committed");
+    assert_eq!(checkpoint_files(dir.path()).keys().collect::<Vec<_>>(), ["offsets/0"], "planned, not committed");
 
     // The fixed sink runs the same planned batch, then the pipeline goes on.
     with_component("fan-out");
@@ -250,7 +240,7 @@ fn an_unreachable_broker_is_a_clear_error_and_plans_nothing() {
     let (code, _, stderr) = run_pipeline(&config);
     assert_eq!(code, 1);
     assert!(stderr.contains(&format!("error: kafka (127.0.0.1:{port}): cannot fetch metadata of topic `events`")), "{stderr}");
-    assert!(snapshot(dir.path()).is_empty(), "no batch planned");
+    assert!(checkpoint_files(dir.path()).is_empty(), "no batch planned");
 }
 
 /// Run a pipeline over 30 records to completion, then break something.
@@ -266,7 +256,7 @@ fn committed_pipeline() -> (MockCluster<'static, rdkafka::producer::DefaultProdu
 
 /// The error of a run that must change nothing: same checkpoint, same tables.
 fn run_expecting_no_change(dir: &Path, config: &Path) -> String {
-    let checkpoint = snapshot(dir);
+    let checkpoint = checkpoint_files(dir);
     let versions: Vec<u64> = ["events", "audit"]
         .iter()
         .filter(|t| dir.join("tables").join(t).exists())
@@ -274,7 +264,7 @@ fn run_expecting_no_change(dir: &Path, config: &Path) -> String {
         .collect();
     let (code, _, stderr) = run_pipeline(config);
     assert_eq!(code, 1, "{stderr}");
-    assert_eq!(snapshot(dir), checkpoint, "the checkpoint is unchanged");
+    assert_eq!(checkpoint_files(dir), checkpoint, "the checkpoint is unchanged");
     let after: Vec<u64> = ["events", "audit"]
         .iter()
         .filter(|t| dir.join("tables").join(t).join("_delta_log").exists())
@@ -374,7 +364,7 @@ fn a_second_sigterm_exits_at_once_and_the_batch_reruns_as_planned() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(130), "exits at once, without finishing the batch");
-    assert_eq!(snapshot(dir.path()).keys().collect::<Vec<_>>(), ["offsets/0"], "planned, not committed");
+    assert_eq!(checkpoint_files(dir.path()).keys().collect::<Vec<_>>(), ["offsets/0"], "planned, not committed");
     let (code, _, stderr) = run_pipeline(&config);
     assert_eq!(code, 0, "{stderr}");
     assert_exactly_once(dir.path(), &ids(0..10));
