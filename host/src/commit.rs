@@ -478,7 +478,8 @@ fn log_entry(version: u64, bytes: &[u8], app_id: &str) -> LogEntry {
         let m = &info["operationMetrics"];
         let n = |k: &str| m[k].as_i64();
         (e.rows_written, e.rows_added) = match e.operation.as_str() {
-            "WRITE" | "CREATE TABLE" => (n("num_added_rows").map(|r| r as u64), n("num_added_rows").or(Some(0))),
+            "CREATE TABLE" => (Some(0), Some(0)),
+            "WRITE" => (n("num_added_rows").map(|r| r as u64), n("num_added_rows")),
             "MERGE" => match (n("num_target_rows_inserted"), n("num_target_rows_updated"), n("num_target_rows_deleted")) {
                 (Some(i), Some(u), d) => (Some((i + u) as u64), Some(i - d.unwrap_or(0))),
                 _ => (None, None),

@@ -181,7 +181,7 @@ pub fn reconcile(config: &PipelineConfig, options: &ReconcileOptions) -> Result<
             r.tables.push(report);
         }
     }
-    check_batches(config, &plans, &logs, options, &mut r);
+    check_batches(config, &checkpoint, &plans, &logs, options, &mut r)?;
     Ok(r)
 }
 
@@ -342,12 +342,13 @@ fn check_table(committer: &DeltaCommitter, t: &crate::commit::TableConfig, log: 
 /// against Delta's.
 fn check_batches(
     config: &PipelineConfig,
+    checkpoint: &Checkpoint,
     plans: &[PlannedBatch],
     logs: &BTreeMap<String, TableLog>,
     options: &ReconcileOptions,
     r: &mut ReconcileReport,
-) {
-    let Some(last) = r.last_committed else { return };
+) -> Result<(), CheckpointError> {
+    let Some(last) = r.last_committed else { return Ok(()) };
     let first = options.last.map_or(0, |k| (last + 1).saturating_sub(k));
     let mut source = if options.skip_source {
         None
@@ -369,6 +370,7 @@ fn check_batches(
             .filter_map(|(t, log)| log.entries.iter().rev().find(|e| e.batch_id == Some(n)).map(|e| (t, e)))
             .collect();
         let delivered = entries.values().find_map(|e| e.records);
+        let recorded_digest = checkpoint.committed(n)?.map(|c| c.output_digest);
         let mut batch = BatchReport { batch_id: n, source_records: None, delivered_records: delivered, rows: BTreeMap::new() };
         for (table, e) in &entries {
             batch.rows.insert((*table).clone(), RowCounts { staged: e.rows, delta: e.rows_written });
@@ -383,15 +385,14 @@ fn check_batches(
                     message: format!("batch {n}: sluice staged {asked} rows for `{table}` but Delta reports writing {written} (version {})", e.version),
                 });
             }
-            if let Some(d) = &e.output_digest
-                && let Ok(Some(c)) = Checkpoint::open_read_only(&config.pipeline.checkpoint).and_then(|cp| cp.committed(n))
-                && &c.output_digest != d
+            if let (Some(d), Some(recorded)) = (&e.output_digest, &recorded_digest)
+                && d != recorded
             {
                 r.findings.push(Finding {
                     kind: FindingKind::Mismatch,
                     batch_id: Some(n),
                     table: Some((*table).clone()),
-                    message: format!("batch {n}: `{table}` holds output {d}, the checkpoint recorded {}", c.output_digest),
+                    message: format!("batch {n}: `{table}` holds output {d}, the checkpoint recorded {recorded}"),
                 });
             }
         }
@@ -414,6 +415,7 @@ fn check_batches(
         }
         r.batches.push(batch);
     }
+    Ok(())
 }
 
 fn count_records(source: &KafkaSource, plan: &PlannedBatch) -> Result<u64, String> {
