@@ -48,7 +48,7 @@ impl fmt::Display for BatchInfo {
             None => "NOT committed: planned (re-run by the next `sluice run`)",
         };
         writeln!(f, "batch {}: {state}", self.batch_id)?;
-        writeln!(f, "  planned at   {} ms since the epoch (the sink's clock)", p.planned_timestamp_ms)?;
+        writeln!(f, "  planned at   {} (the sink's clock)", utc(p.planned_timestamp_ms))?;
         let kept = if self.component_kept { "kept in the checkpoint" } else { "not kept" };
         writeln!(f, "  component    {} ({kept})", p.component_digest)?;
         writeln!(f, "  config       {}", p.config_digest)?;
@@ -74,7 +74,7 @@ impl fmt::Display for BatchInfo {
                 Outcome::Succeeded => format!("succeeded{took}, {} records", a.records.unwrap_or(0)),
                 Outcome::Failed => format!("FAILED{took}: {}", a.error.as_deref().unwrap_or("?")),
             };
-            writeln!(f, "  attempt {} (pid {}, started {} ms): {outcome}", a.attempt, a.pid, a.started_ms)?;
+            writeln!(f, "  attempt {} (pid {}, started {}): {outcome}", a.attempt, a.pid, utc(a.started_ms))?;
             if let Some(dir) = &a.kept_scratch {
                 writeln!(f, "    /staging kept at {}", dir.display())?;
             }
@@ -91,5 +91,34 @@ impl fmt::Display for BatchInfo {
             writeln!(f, "  unreadable attempt record: {e}")?;
         }
         Ok(())
+    }
+}
+
+/// Milliseconds since the Unix epoch as `2026-11-24 01:34:39.123 UTC`.
+fn utc(ms: i64) -> String {
+    let (days, ms_of_day) = (ms.div_euclid(86_400_000), ms.rem_euclid(86_400_000));
+    // Civil date from days since 1970-01-01 (proleptic Gregorian calendar,
+    // eras of 400 years starting on March 1st).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (h, m, s, milli) = (ms_of_day / 3_600_000, ms_of_day / 60_000 % 60, ms_of_day / 1000 % 60, ms_of_day % 1000);
+    format!("{year:04}-{month:02}-{day:02} {h:02}:{m:02}:{s:02}.{milli:03} UTC")
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps_read_as_utc_dates() {
+        assert_eq!(super::utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(super::utc(951_782_400_000), "2000-02-29 00:00:00.000 UTC");
+        assert_eq!(super::utc(1_795_484_661_292), "2026-11-24 01:44:21.292 UTC");
+        assert_eq!(super::utc(-1), "1969-12-31 23:59:59.999 UTC");
     }
 }
