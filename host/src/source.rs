@@ -579,21 +579,26 @@ impl RecordSource for KafkaFetch {
     fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError> {
         let cursors = self.cursors.clone();
         let mut cursors = cursors.lock().unwrap_or_else(|e| e.into_inner());
-        let mut last_progress = Instant::now();
+        // Since when nothing arrived (not read per record: clocks cost).
+        let mut waiting_since = None;
         while let Some(planned) = self.order.front() {
             if chunk.is_full() {
                 return Ok(Fill::More);
             }
             let cursor = cursors.get_mut(&planned.key).expect("fetch opened a cursor for every planned partition");
-            match self.step(cursor, planned, chunk)? {
-                Step::Delivered => last_progress = Instant::now(),
+            let step = self.step(cursor, planned, chunk)?;
+            if !matches!(step, Step::Waiting) {
+                waiting_since = None;
+            }
+            match step {
+                Step::Delivered => {}
                 Step::Complete => {
                     self.order.pop_front();
                 }
                 Step::Waiting if self.passed_end(cursor, planned)? => {
                     self.order.pop_front();
                 }
-                Step::Waiting if last_progress.elapsed() > self.timeout => {
+                Step::Waiting if waiting_since.get_or_insert_with(Instant::now).elapsed() > self.timeout => {
                     let waiting: Vec<String> =
                         self.order.iter().map(|p| format!("{}/{} (up to offset {})", p.key.0, p.key.1, p.end)).collect();
                     return Err(SourceError::Failed(format!(
