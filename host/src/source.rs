@@ -138,6 +138,15 @@ impl KafkaSourceError {
     }
 }
 
+/// The (low, high) watermarks of every partition at one moment. Planning
+/// from a snapshot a little older than the plan is as correct as planning
+/// from one read just then: ranges stay below the high watermarks (which
+/// only grow), and a start that retention deletes after the snapshot fails
+/// the fetch (`auto.offset.reset = error`), just as one deleted between a
+/// plan and its fetch does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermarks(BTreeMap<Partition, (i64, i64)>);
+
 /// A connected source: the consumer and the partitions of the topics.
 pub struct KafkaSource {
     config: SourceConfig,
@@ -164,6 +173,9 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
+            // A planned offset that is gone by the time it is fetched is an
+            // error, never a silent jump to the end or the start.
+            .set("auto.offset.reset", "error")
             // A fetch still waiting at the broker when a batch re-assigns
             // partitions delays the next batch by up to this much.
             .set("fetch.wait.max.ms", "100")
@@ -227,9 +239,21 @@ impl KafkaSource {
         max_records: u64,
         until: Option<&BTreeMap<(String, i32), i64>>,
     ) -> Result<Vec<SourceRange>, KafkaSourceError> {
+        self.plan_from(self.watermarks()?, previous_ends, max_records, until)
+    }
+
+    /// Like [`plan_up_to`](Self::plan_up_to), from watermarks read before
+    /// (by [`watermarks`](Self::watermarks)).
+    pub fn plan_from(
+        &self,
+        watermarks: Watermarks,
+        previous_ends: &BTreeMap<(String, i32), i64>,
+        max_records: u64,
+        until: Option<&BTreeMap<(String, i32), i64>>,
+    ) -> Result<Vec<SourceRange>, KafkaSourceError> {
         let mut spans = Vec::with_capacity(self.partitions.len());
         let mut highs = BTreeMap::new();
-        let all = self.all_watermarks()?;
+        let all = watermarks.0;
         for (topic, partition) in &self.partitions {
             let (low, high) = all[&(topic.clone(), *partition)];
             highs.insert((topic.clone(), *partition), high);
@@ -267,6 +291,11 @@ impl KafkaSource {
     /// The high watermark of every partition.
     pub fn high_watermarks(&self) -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
         Ok(self.all_watermarks()?.into_iter().map(|(k, (_, high))| (k, high)).collect())
+    }
+
+    /// A snapshot of every partition's watermarks, to plan from later.
+    pub fn watermarks(&self) -> Result<Watermarks, KafkaSourceError> {
+        self.all_watermarks().map(Watermarks)
     }
 
     /// The (low, high) watermarks of every partition, in two ListOffsets
