@@ -23,7 +23,7 @@ use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::metrics::Metrics;
 use crate::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
 use crate::runtime::{RuntimeBuilder, Sink};
-use crate::source::{KafkaSource, KafkaSourceError};
+use crate::source::{KafkaSource, KafkaSourceError, Watermarks};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -189,6 +189,8 @@ pub struct Pipeline {
     pending: Option<PlannedBatch>,
     /// Average bytes per record of the last batch, for `max_bytes_per_batch`.
     record_size: Option<u64>,
+    /// Watermarks read while the last batch committed, for the next plan.
+    watermarks_ahead: Option<Watermarks>,
 }
 
 impl Pipeline {
@@ -248,6 +250,7 @@ impl Pipeline {
             ends,
             pending: resume.pending,
             record_size: None,
+            watermarks_ahead: None,
         })
     }
 
@@ -282,13 +285,23 @@ impl Pipeline {
                     }
                     if until.is_none()
                         && let Some(start) = last_start
-                        && !self.wait(start + Duration::from_millis(self.config.pipeline.trigger_interval_ms))
                     {
-                        return Ok(summary);
+                        let due = start + Duration::from_millis(self.config.pipeline.trigger_interval_ms);
+                        if Instant::now() < due {
+                            // Read before the wait: plan from fresh ones.
+                            self.watermarks_ahead = None;
+                        }
+                        if !self.wait(due) {
+                            return Ok(summary);
+                        }
                     }
                     last_start = Some(Instant::now());
                     let budget = self.record_budget();
-                    let plan = |s: &mut Self| s.source.plan_up_to(&s.ends, budget, until.as_ref());
+                    let mut ahead = self.watermarks_ahead.take();
+                    let plan = |s: &mut Self| match ahead.take() {
+                        Some(watermarks) => s.source.plan_from(watermarks, &s.ends, budget, until.as_ref()),
+                        None => s.source.plan_up_to(&s.ends, budget, until.as_ref()),
+                    };
                     let Some(ranges) = self.with_retries(&mut on_event, plan)? else { return Ok(summary) };
                     if ranges.iter().all(|r| r.end == r.start) {
                         if until.is_some() {
@@ -401,9 +414,9 @@ impl Pipeline {
                 });
             }
             let Some((output, attempts, sink_time)) = self.run_sink(planned, on_event)? else { return Ok(None) };
-            let commit_start = Instant::now();
-            let table_versions = self.committer.commit(&output).map_err(commit_err)?;
-            let commit = commit_start.elapsed();
+            let (committed, commit, ahead) = self.commit_reading_ahead(&output);
+            self.watermarks_ahead = ahead;
+            let table_versions = committed.map_err(commit_err)?;
             crate::failpoint::hit("after-table-commits");
             if output.records_in > 0 {
                 self.record_size = Some(output.record_bytes_in.div_ceil(output.records_in).max(1));
@@ -439,6 +452,21 @@ impl Pipeline {
         self.last_committed = Some(committed);
         self.update_metrics(&report);
         Ok(Some(report))
+    }
+
+    /// Commit `output` to Delta while a helper thread reads the watermarks
+    /// the next plan needs (`None` if that failed: the plan reads them
+    /// again), so planning adds nothing to the time between batches.
+    /// Returns the commit's result, the time the Delta commit took (not
+    /// counting any wait for the helper) and the watermarks.
+    fn commit_reading_ahead(&self, output: &crate::BatchOutput) -> (Result<BTreeMap<String, u64>, CommitError>, Duration, Option<Watermarks>) {
+        std::thread::scope(|s| {
+            let ahead = s.spawn(|| self.source.watermarks().ok());
+            let started = Instant::now();
+            let committed = self.committer.commit(output);
+            let took = started.elapsed();
+            (committed, took, ahead.join().ok().flatten())
+        })
     }
 
     /// Run the sink with retries. `None` when stopped while waiting to retry.

@@ -5,26 +5,31 @@
 //! - Offsets belong to sluice's checkpoint, not to Kafka: partitions are
 //!   assigned explicitly and nothing is auto-committed.
 //! - A plan is a set of half-open ranges per partition, fixed before the sink
-//!   runs; fetching delivers every record inside them and nothing outside
-//!   (records past a range's end are dropped, gaps from compaction or
-//!   transaction markers are passed over using the consumer position).
+//!   runs; fetching delivers every record inside them and nothing outside,
+//!   partition by partition in plan order, never an offset twice (a record
+//!   read past a range's end is kept for the next batch; gaps from
+//!   compaction or transaction markers are passed over using the consumer
+//!   position).
 //! - A planned start that retention already deleted is an error naming the
 //!   partition and the lost offsets, unless `on_data_loss = skip`. It is never
 //!   skipped silently.
 //!
 //! ```text
 //!  plan(previous ends) ─► watermarks per partition ─► ranges (≤ max_records in all)
-//!  fetch(ranges) ─► assign at starts ─► poll ─► chunk ─► … ─► every position ≥ end
+//!  fetch(ranges) ─► new partition: split its queue, assign at start
+//!                  ─► positioned elsewhere: seek to start (else read on)
+//!                  ─► drain queues in plan order ─► chunk ─► … ─► every range complete
 //! ```
 
 use crate::records::{ChunkBuilder, Fill, OwnedRecord, RecordSource, SourceError, SourceRange};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Headers, Message};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A topic partition.
@@ -133,13 +138,29 @@ impl KafkaSourceError {
     }
 }
 
+/// The (low, high) watermarks of every partition at one moment. Planning
+/// from a snapshot a little older than the plan is as correct as planning
+/// from one read just then: ranges stay below the high watermarks (which
+/// only grow), and a start that retention deletes after the snapshot fails
+/// the fetch (`auto.offset.reset = error`), just as one deleted between a
+/// plan and its fetch does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watermarks(BTreeMap<Partition, (i64, i64)>);
+
 /// A connected source: the consumer and the partitions of the topics.
 pub struct KafkaSource {
     config: SourceConfig,
     consumer: Arc<BaseConsumer>,
+    /// A second client, for watermarks only. On the fetching consumer's
+    /// connection a ListOffsets request waits behind the broker's long-poll
+    /// Fetch (up to `fetch.wait.max.ms`), which made planning a batch cost
+    /// 100 ms or more while partitions were being prefetched.
+    watermarks: BaseConsumer,
     partitions: Vec<(String, i32)>,
     /// High watermarks seen by the last plan (for lag, at no extra cost).
-    last_highs: std::sync::Mutex<BTreeMap<(String, i32), i64>>,
+    last_highs: Mutex<BTreeMap<(String, i32), i64>>,
+    /// The partitions fetched so far: their queues and positions.
+    cursors: Arc<Mutex<BTreeMap<Partition, Cursor>>>,
 }
 
 impl KafkaSource {
@@ -152,14 +173,25 @@ impl KafkaSource {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("isolation.level", "read_committed")
+            // A planned offset that is gone by the time it is fetched is an
+            // error, never a silent jump to the end or the start.
+            .set("auto.offset.reset", "error")
             // A fetch still waiting at the broker when a batch re-assigns
             // partitions delays the next batch by up to this much.
             .set("fetch.wait.max.ms", "100")
+            // Each partition has its own queue (see `fetch`), so this bounds
+            // the prefetch per partition (librdkafka's default is 64 MB).
+            .set("queued.max.messages.kbytes", "4096")
+            // A partition whose prefetch is full is looked at again after
+            // this long; librdkafka's 1 s default stalled batches that had
+            // drained a queue in the meantime.
+            .set("fetch.queue.backoff.ms", "20")
             .set("group.id", "sluice");
         for (k, v) in &config.properties {
             client.set(k, v);
         }
         let consumer: BaseConsumer = client.create().map_err(|e| connect_err(e.to_string()))?;
+        let watermarks: BaseConsumer = client.create().map_err(|e| connect_err(e.to_string()))?;
         let timeout = Duration::from_millis(config.fetch_timeout_ms);
         let mut partitions = Vec::new();
         for topic in &config.topics {
@@ -176,7 +208,14 @@ impl KafkaSource {
                 _ => return Err(KafkaSourceError::NoSuchTopic(topic.clone())),
             }
         }
-        Ok(Self { config, consumer: Arc::new(consumer), partitions, last_highs: Default::default() })
+        Ok(Self {
+            config,
+            consumer: Arc::new(consumer),
+            watermarks,
+            partitions,
+            last_highs: Default::default(),
+            cursors: Default::default(),
+        })
     }
 
     /// Every (topic, partition) the source reads, in plan order.
@@ -200,9 +239,21 @@ impl KafkaSource {
         max_records: u64,
         until: Option<&BTreeMap<(String, i32), i64>>,
     ) -> Result<Vec<SourceRange>, KafkaSourceError> {
+        self.plan_from(self.watermarks()?, previous_ends, max_records, until)
+    }
+
+    /// Like [`plan_up_to`](Self::plan_up_to), from watermarks read before
+    /// (by [`watermarks`](Self::watermarks)).
+    pub fn plan_from(
+        &self,
+        watermarks: Watermarks,
+        previous_ends: &BTreeMap<(String, i32), i64>,
+        max_records: u64,
+        until: Option<&BTreeMap<(String, i32), i64>>,
+    ) -> Result<Vec<SourceRange>, KafkaSourceError> {
         let mut spans = Vec::with_capacity(self.partitions.len());
         let mut highs = BTreeMap::new();
-        let all = self.all_watermarks()?;
+        let all = watermarks.0;
         for (topic, partition) in &self.partitions {
             let (low, high) = all[&(topic.clone(), *partition)];
             highs.insert((topic.clone(), *partition), high);
@@ -242,6 +293,11 @@ impl KafkaSource {
         Ok(self.all_watermarks()?.into_iter().map(|(k, (_, high))| (k, high)).collect())
     }
 
+    /// A snapshot of every partition's watermarks, to plan from later.
+    pub fn watermarks(&self) -> Result<Watermarks, KafkaSourceError> {
+        self.all_watermarks().map(Watermarks)
+    }
+
     /// The (low, high) watermarks of every partition, in two ListOffsets
     /// requests per broker rather than two per partition: with many
     /// partitions, asking one by one dominated the cost of planning a batch.
@@ -253,7 +309,7 @@ impl KafkaSource {
                 tpl.add_partition_offset(t, *p, which).map_err(|e| KafkaSourceError::Request(e.to_string()))?;
             }
             let answer = self
-                .consumer
+                .watermarks
                 .offsets_for_times(tpl, timeout)
                 .map_err(|e| KafkaSourceError::Request(format!("{what} watermarks: {e}")))?;
             let mut out = BTreeMap::new();
@@ -313,61 +369,103 @@ impl KafkaSource {
     /// run, retry and replay (interleaving partitions as the broker answers
     /// would make the output order, and its digest, depend on timing).
     ///
-    /// All planned partitions fetch at once; records of a partition whose
-    /// turn has not come are held in memory until it does (at most the
-    /// batch, which `max_records_per_batch` bounds), and a partition is
-    /// paused as soon as its range is complete.
-    ///
-    /// Partitions stay assigned across batches: one seen for the first time
-    /// is added at its planned start, one already assigned is moved there
-    /// with a seek (which also drops anything prefetched), and assigned
-    /// partitions outside the plan are paused. Replacing the assignment every
-    /// batch instead tripped an assertion inside librdkafka when a batch
-    /// ended before its partitions had started fetching.
+    /// Every partition has its own librdkafka queue, split off before the
+    /// partition is first assigned: librdkafka prefetches all partitions at
+    /// once in the background (bounded per partition by
+    /// `queued.max.messages.kbytes`), and the fetch drains one queue at a
+    /// time in plan order, so nothing is copied or held to restore the
+    /// order. Partitions stay assigned and positioned across batches: a range
+    /// starting where the queue already stands (the previous batch's end) is
+    /// read on from what was prefetched, and only a range starting elsewhere
+    /// (a retry, a restart, a replay) is sought, which drops what was
+    /// prefetched. Re-positioning every partition at every batch discarded
+    /// the prefetched data and cost most of the fetch time.
     pub fn fetch(&self, ranges: &[SourceRange]) -> Result<KafkaFetch, KafkaSourceError> {
         let request = |what: &'static str| move |e: rdkafka::error::KafkaError| KafkaSourceError::Request(format!("{what}: {e}"));
-        let assigned = self.consumer.assignment().map_err(request("assignment"))?;
-        let (mut add, mut seek, mut wanted, mut idle) =
-            (TopicPartitionList::new(), TopicPartitionList::new(), TopicPartitionList::new(), TopicPartitionList::new());
+        let mut cursors = self.cursors.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut add, mut seek) = (TopicPartitionList::new(), TopicPartitionList::new());
         let mut order = VecDeque::new();
-        let mut parts = BTreeMap::new();
         for r in ranges.iter().filter(|r| r.end > r.start) {
-            let list = if assigned.find_partition(&r.topic, r.partition).is_some() { &mut seek } else { &mut add };
-            list.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start)).map_err(request("plan"))?;
-            wanted.add_partition(&r.topic, r.partition);
             let key = (r.topic.clone(), r.partition);
-            order.push_back(key.clone());
-            parts.insert(key, Part { end: r.end, next: r.start, held: VecDeque::new(), done: false });
-        }
-        for e in assigned.elements() {
-            if !parts.contains_key(&(e.topic().to_owned(), e.partition())) {
-                idle.add_partition(e.topic(), e.partition());
+            match cursors.get(&key) {
+                Some(cursor) if cursor.stands_at(r.start) => {}
+                Some(_) => seek.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start)).map_err(request("plan"))?,
+                None => {
+                    // Split before assigning: librdkafka then never routes
+                    // this partition's messages to the consumer queue.
+                    let queue = self.consumer.split_partition_queue(&r.topic, r.partition).ok_or_else(|| {
+                        KafkaSourceError::Request(format!("cannot open a queue for {}/{}", r.topic, r.partition))
+                    })?;
+                    cursors.insert(key.clone(), Cursor { queue, next: None, carried: None });
+                    add.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start)).map_err(request("plan"))?;
+                }
             }
-        }
-        if idle.count() > 0 {
-            self.consumer.pause(&idle).map_err(request("pause"))?;
+            order.push_back(Planned { key, end: r.end });
         }
         if add.count() > 0 {
             self.consumer.incremental_assign(&add).map_err(request("assign"))?;
+            position(&mut cursors, &add);
         }
         if seek.count() > 0 {
+            // Until the seek is confirmed, a cursor's position is unknown.
+            for e in seek.elements() {
+                if let Some(cursor) = cursors.get_mut(&(e.topic().to_owned(), e.partition())) {
+                    cursor.forget();
+                }
+            }
             let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
             let result = self.consumer.seek_partitions(seek, timeout).map_err(request("seek"))?;
             if let Some(e) = result.elements().iter().find_map(|e| e.error().err().map(|err| (e.topic().to_owned(), e.partition(), err))) {
                 return Err(KafkaSourceError::Request(format!("seek {}/{}: {}", e.0, e.1, e.2)));
             }
+            position(&mut cursors, &result);
         }
-        if wanted.count() > 0 {
-            // A partition paused at the end of an earlier batch stays paused
-            // across the seek.
-            self.consumer.resume(&wanted).map_err(request("resume"))?;
-        }
+        drop(cursors);
         Ok(KafkaFetch {
             consumer: self.consumer.clone(),
+            cursors: self.cursors.clone(),
             order,
-            parts,
             timeout: Duration::from_millis(self.config.fetch_timeout_ms),
         })
+    }
+}
+
+/// Record that the partitions of `tpl` now deliver from their offsets.
+fn position(cursors: &mut BTreeMap<Partition, Cursor>, tpl: &TopicPartitionList) {
+    for e in tpl.elements() {
+        if let (Some(cursor), Some(offset)) = (cursors.get_mut(&(e.topic().to_owned(), e.partition())), e.offset().to_raw()) {
+            cursor.next = Some(offset);
+            cursor.carried = None;
+        }
+    }
+}
+
+/// One partition's queue and where it stands, kept across batches.
+struct Cursor {
+    queue: PartitionQueue<DefaultConsumerContext>,
+    /// Every offset below this has been taken from the queue, and the queue
+    /// delivers the first record at or above it next. `None`: unknown (not
+    /// yet positioned, or a seek is under way).
+    next: Option<i64>,
+    /// The first record taken past a batch's end (there are no records
+    /// between `next` and it): the next batch starts with it.
+    carried: Option<OwnedRecord>,
+}
+
+impl Cursor {
+    /// Whether the next record the queue gives is the first one at or
+    /// above `start`, so a batch starting there needs no seek.
+    fn stands_at(&self, start: i64) -> bool {
+        match (self.next, &self.carried) {
+            (Some(next), None) => next == start,
+            (Some(next), Some(carried)) => (next..=carried.offset).contains(&start),
+            (None, _) => false,
+        }
+    }
+
+    fn forget(&mut self) {
+        self.next = None;
+        self.carried = None;
     }
 }
 
@@ -393,152 +491,155 @@ fn share_fairly(available: &[u64], budget: u64) -> Vec<u64> {
     takes
 }
 
-/// One planned partition in a fetch.
+/// A planned range in a fetch: its partition and end.
 #[derive(Debug)]
-struct Part {
-    /// End of its range.
+struct Planned {
+    key: Partition,
     end: i64,
-    /// The lowest offset not yet received.
-    next: i64,
-    /// Received before the partition's turn, in offset order.
-    held: VecDeque<OwnedRecord>,
-    /// Every record of the range was received.
-    done: bool,
 }
 
 /// Fetches planned ranges; a [`RecordSource`] for the sink runtime.
 pub struct KafkaFetch {
     consumer: Arc<BaseConsumer>,
-    /// Partitions not yet delivered in full, in plan order.
-    order: VecDeque<Partition>,
-    parts: BTreeMap<Partition, Part>,
+    cursors: Arc<Mutex<BTreeMap<Partition, Cursor>>>,
+    /// Ranges not yet delivered in full, in plan order.
+    order: VecDeque<Planned>,
     timeout: Duration,
 }
 
+/// What the front partition's queue gave.
+enum Step {
+    /// A record of the range went into the chunk.
+    Delivered,
+    /// The range is complete.
+    Complete,
+    /// Nothing arrived in time.
+    Waiting,
+}
+
 impl KafkaFetch {
-    /// The partition's range is received in full: stop fetching it.
-    fn complete(&mut self, key: &Partition) -> Result<(), SourceError> {
-        if let Some(part) = self.parts.get_mut(key) {
-            part.done = true;
+    /// Take one record of `planned` from its queue (or the carried one).
+    fn step(&self, cursor: &mut Cursor, planned: &Planned, chunk: &mut ChunkBuilder) -> Result<Step, SourceError> {
+        let (topic, partition) = (&planned.key.0, planned.key.1);
+        let next = cursor.next.ok_or_else(|| SourceError::Failed(format!("kafka: {topic}/{partition} is not positioned")))?;
+        if next >= planned.end {
+            return Ok(Step::Complete);
         }
-        let mut tpl = TopicPartitionList::new();
-        tpl.add_partition(&key.0, key.1);
-        // What was prefetched past the range is dropped.
-        self.consumer.pause(&tpl).map_err(|e| SourceError::Failed(format!("kafka: pause {}/{}: {e}", key.0, key.1)))
+        if let Some(carried) = &cursor.carried {
+            if carried.offset >= planned.end {
+                return Ok(Step::Complete); // nothing in this range but gaps
+            }
+            chunk.push_owned(carried)?;
+            cursor.next = Some(carried.offset + 1);
+            cursor.carried = None;
+            return Ok(Step::Delivered);
+        }
+        let message = match cursor.queue.poll(Duration::from_millis(100)) {
+            None => return Ok(Step::Waiting),
+            Some(Err(e)) => return Err(SourceError::Failed(format!("kafka: fetch {topic}/{partition}: {e}"))),
+            Some(Ok(m)) => m,
+        };
+        let offset = message.offset();
+        if offset < next {
+            // Already taken (never delivered twice, whatever the client does).
+            return Ok(Step::Delivered);
+        }
+        if offset >= planned.end {
+            // Past the end (the range ended in a gap): the next batch's.
+            cursor.carried = Some(owned(&message));
+            return Ok(Step::Complete);
+        }
+        let headers: Vec<(&str, Option<&[u8]>)> =
+            message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
+        let timestamp = message.timestamp().to_millis().unwrap_or(0);
+        chunk.push(topic, partition, offset, timestamp, message.key(), message.payload(), headers)?;
+        cursor.next = Some(offset + 1);
+        Ok(Step::Delivered)
     }
 
-    /// Partitions whose consumer position passed the end (the last offsets
-    /// were transaction markers or compacted away) are complete.
-    fn complete_by_position(&mut self) -> Result<(), SourceError> {
+    /// Nothing arrived for a while: serve the consumer's own queue (client
+    /// events), and see whether the partition's position passed the end of
+    /// its range (its last offsets were transaction markers or compacted
+    /// away), which completes it.
+    fn passed_end(&self, cursor: &mut Cursor, planned: &Planned) -> Result<bool, SourceError> {
+        match self.consumer.poll(Duration::ZERO) {
+            None => {}
+            Some(Err(e)) => return Err(SourceError::Failed(format!("kafka: fetch: {e}"))),
+            // Every assigned partition has its own queue, so this is a bug
+            // rather than something to deliver.
+            Some(Ok(stray)) => {
+                return Err(SourceError::Failed(format!(
+                    "kafka: record {}/{}@{} arrived on the consumer queue",
+                    stray.topic(),
+                    stray.partition(),
+                    stray.offset()
+                )));
+            }
+        }
         let positions = self.consumer.position().map_err(|e| SourceError::Failed(format!("kafka: position: {e}")))?;
-        let passed: Vec<Partition> = self
-            .parts
-            .iter()
-            .filter(|(key, part)| {
-                !part.done
-                    && positions
-                        .find_partition(&key.0, key.1)
-                        .and_then(|p| p.offset().to_raw())
-                        .is_some_and(|pos| pos >= part.end)
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        passed.iter().try_for_each(|k| self.complete(k))
-    }
-
-    /// Move what the front partitions hold into the chunk. `true` when the
-    /// chunk filled up.
-    fn deliver_held(&mut self, chunk: &mut ChunkBuilder) -> Result<bool, SourceError> {
-        while let Some(key) = self.order.front() {
-            let part = self.parts.get_mut(key).expect("every ordered partition has a part");
-            while let Some(record) = part.held.pop_front() {
-                if chunk.is_full() {
-                    part.held.push_front(record);
-                    return Ok(true);
-                }
-                chunk.push_owned(&record)?;
+        let position = positions.find_partition(&planned.key.0, planned.key.1).and_then(|p| p.offset().to_raw());
+        match position {
+            Some(pos) if pos >= planned.end => {
+                cursor.next = Some(pos);
+                Ok(true)
             }
-            if !part.done {
-                break;
-            }
-            self.order.pop_front();
+            _ => Ok(false),
         }
-        Ok(false)
+    }
+}
+
+/// A copy of a message, to keep past the poll that returned it.
+fn owned(message: &BorrowedMessage<'_>) -> OwnedRecord {
+    OwnedRecord {
+        topic: message.topic().to_owned(),
+        partition: message.partition(),
+        offset: message.offset(),
+        timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
+        key: message.key().map(<[u8]>::to_vec),
+        value: message.payload().map(<[u8]>::to_vec),
+        headers: message
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
+            .unwrap_or_default(),
     }
 }
 
 impl RecordSource for KafkaFetch {
     fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError> {
-        let mut last_progress = Instant::now();
-        loop {
-            if self.deliver_held(chunk)? || chunk.is_full() {
+        let cursors = self.cursors.clone();
+        let mut cursors = cursors.lock().unwrap_or_else(|e| e.into_inner());
+        // Since when nothing arrived (not read per record: clocks cost).
+        let mut waiting_since = None;
+        while let Some(planned) = self.order.front() {
+            if chunk.is_full() {
                 return Ok(Fill::More);
             }
-            let Some(front) = self.order.front().cloned() else { return Ok(Fill::Done) };
-            let message = match self.consumer.poll(Duration::from_millis(100)) {
-                Some(Ok(m)) => m,
-                Some(Err(e)) => return Err(SourceError::Failed(format!("kafka: fetch: {e}"))),
-                None => {
-                    self.complete_by_position()?;
-                    if last_progress.elapsed() > self.timeout {
-                        let waiting: Vec<String> = self
-                            .parts
-                            .iter()
-                            .filter(|(_, p)| !p.done)
-                            .map(|((t, p), part)| format!("{t}/{p} (up to offset {})", part.end))
-                            .collect();
-                        return Err(SourceError::Failed(format!(
-                            "kafka: no progress for {} ms fetching {}",
-                            self.timeout.as_millis(),
-                            waiting.join(", ")
-                        )));
-                    }
-                    continue;
+            let cursor = cursors.get_mut(&planned.key).expect("fetch opened a cursor for every planned partition");
+            let step = self.step(cursor, planned, chunk)?;
+            if !matches!(step, Step::Waiting) {
+                waiting_since = None;
+            }
+            match step {
+                Step::Delivered => {}
+                Step::Complete => {
+                    self.order.pop_front();
                 }
-            };
-            last_progress = Instant::now();
-            let key = (message.topic().to_owned(), message.partition());
-            let Some(part) = self.parts.get_mut(&key) else { continue };
-            // Already received (never delivered twice, whatever the client does).
-            if part.done || message.offset() < part.next {
-                continue;
-            }
-            if message.offset() >= part.end {
-                self.complete(&key)?;
-                continue;
-            }
-            part.next = message.offset() + 1;
-            let complete = part.next >= part.end;
-            if key == front && part.held.is_empty() {
-                let headers: Vec<(&str, Option<&[u8]>)> =
-                    message.headers().map(|h| h.iter().map(|h| (h.key, h.value)).collect()).unwrap_or_default();
-                chunk.push(
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    message.timestamp().to_millis().unwrap_or(0),
-                    message.key(),
-                    message.payload(),
-                    headers,
-                )?;
-            } else {
-                part.held.push_back(OwnedRecord {
-                    topic: key.0.clone(),
-                    partition: key.1,
-                    offset: message.offset(),
-                    timestamp_ms: message.timestamp().to_millis().unwrap_or(0),
-                    key: message.key().map(<[u8]>::to_vec),
-                    value: message.payload().map(<[u8]>::to_vec),
-                    headers: message
-                        .headers()
-                        .map(|h| h.iter().map(|h| (h.key.to_owned(), h.value.map(<[u8]>::to_vec))).collect())
-                        .unwrap_or_default(),
-                });
-            }
-            if complete {
-                self.complete(&key)?;
+                Step::Waiting if self.passed_end(cursor, planned)? => {
+                    self.order.pop_front();
+                }
+                Step::Waiting if waiting_since.get_or_insert_with(Instant::now).elapsed() > self.timeout => {
+                    let waiting: Vec<String> =
+                        self.order.iter().map(|p| format!("{}/{} (up to offset {})", p.key.0, p.key.1, p.end)).collect();
+                    return Err(SourceError::Failed(format!(
+                        "kafka: no progress for {} ms fetching {}",
+                        self.timeout.as_millis(),
+                        waiting.join(", ")
+                    )));
+                }
+                Step::Waiting => {}
             }
         }
+        Ok(Fill::Done)
     }
 }
 

@@ -160,3 +160,24 @@ fn two_writers_racing_on_a_batch_commit_it_once() {
     let rows = read_table(&dir.path().join("events"), "\"offset\"");
     assert_eq!(rows.len(), 2, "batch 0 landed exactly once: {rows:?} ({results:?})");
 }
+
+/// A committer keeps its tables open between batches; a batch another host
+/// committed meanwhile is still seen, by the check before the sink and by
+/// the commit, and never lands twice.
+#[test]
+fn a_committer_keeping_tables_open_sees_another_hosts_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(Limits::default());
+    let sink = h.load("append-events");
+    let ours = DeltaCommitter::new("p", vec![events_table(dir.path())]).unwrap();
+    ours.commit(&run(&sink, 0, &["a"]).unwrap()).unwrap();
+    assert_eq!(ours.committed_batches().unwrap()["events"], Some(0));
+
+    let b1 = run(&sink, 1, &["b"]).unwrap();
+    let theirs = DeltaCommitter::new("p", vec![events_table(dir.path())]).unwrap();
+    let v1 = theirs.commit(&b1).unwrap()["events"];
+    assert_eq!(ours.committed_batches().unwrap()["events"], Some(1), "the check sees the other host's batch");
+    assert_eq!(ours.commit(&b1).unwrap()["events"], v1, "and the commit skips it");
+    let rows = read_table(&dir.path().join("events"), "value");
+    assert_eq!(rows.iter().map(|r| r["value"].as_str().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
+}

@@ -123,3 +123,52 @@ fn missing_topic_and_unreachable_broker_are_named() {
         .unwrap();
     assert!(err.to_string().starts_with("kafka (127.0.0.1:1): cannot fetch metadata of topic `t`"), "{err}");
 }
+
+/// The values a fetch delivers, in order: the first `max_chunks` chunks of
+/// 7 records, or all of them.
+fn fetch_values(source: &KafkaSource, ranges: &[sluice::SourceRange], max_chunks: usize) -> Vec<String> {
+    use sluice::{ChunkBuilder, Fill, RecordSource};
+    let mut fetch = source.fetch(ranges).unwrap();
+    let mut chunk = ChunkBuilder::new(ranges.to_vec(), 7, 1 << 20);
+    let mut values = Vec::new();
+    for _ in 0..max_chunks {
+        let fill = fetch.fill(&mut chunk).unwrap();
+        values.extend(chunk.values().map(|v| String::from_utf8(v.unwrap().to_vec()).unwrap()));
+        chunk.clear();
+        if fill == Fill::Done {
+            break;
+        }
+    }
+    values
+}
+
+/// Partitions stay positioned across batches (the next batch reads on
+/// from what was prefetched), yet a retry of a batch, a batch abandoned
+/// half way and a fresh source all deliver exactly the planned records, in
+/// plan order.
+#[test]
+fn fetches_read_on_across_batches_and_retries_deliver_the_same_records() {
+    let cluster = MockCluster::new(1).unwrap();
+    cluster.create_topic("orders", 3, 1).unwrap();
+    let bootstrap = cluster.bootstrap_servers();
+    produce(&bootstrap, "orders", 3, 100);
+    let source = KafkaSource::connect(config(bootstrap.clone(), "orders", 40)).unwrap();
+    // Record i is "v{i}" in partition i % 3, at offset i / 3.
+    let expected = |ranges: &[sluice::SourceRange]| -> Vec<String> {
+        ranges.iter().flat_map(|r| (r.start..r.end).map(move |o| format!("v{}", o * 3 + r.partition as i64))).collect()
+    };
+    let first = source.plan(&BTreeMap::new()).unwrap();
+    assert_eq!(fetch_values(&source, &first, usize::MAX), expected(&first));
+    assert_eq!(fetch_values(&source, &first, usize::MAX), expected(&first), "a retry seeks back");
+    let ends = first.iter().map(|r| ((r.topic.clone(), r.partition), r.end)).collect();
+    let second = source.plan(&ends).unwrap();
+    assert_eq!(fetch_values(&source, &second, 2).len(), 14, "abandoned after two chunks");
+    assert_eq!(fetch_values(&source, &second, usize::MAX), expected(&second), "the retry starts over");
+    let fresh = KafkaSource::connect(config(bootstrap, "orders", 40)).unwrap();
+    assert_eq!(fetch_values(&fresh, &second, usize::MAX), expected(&second), "as a replay would");
+    let ends = second.iter().map(|r| ((r.topic.clone(), r.partition), r.end)).collect();
+    let third = source.plan(&ends).unwrap();
+    assert_eq!(fetch_values(&source, &third, usize::MAX), expected(&third));
+    let total: i64 = [&first, &second, &third].iter().flat_map(|b| b.iter()).map(|r| r.end - r.start).sum();
+    assert_eq!(total, 100);
+}
