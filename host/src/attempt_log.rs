@@ -1,20 +1,22 @@
 //! What each attempt of a batch did, for `sluice batch show`: when it ran,
 //! how it ended, and the sink's log.
 //!
-//! Kept in the checkpoint directory as
-//! `attempts/<batch>/<start ms>-<pid>-<attempt>.json`.
-//! An attempt is recorded as `running` before the sink starts and
-//! overwritten with its outcome after, so an attempt cut short by a crash
-//! still shows. These files are diagnostics, not part of the write-ahead
-//! protocol: they are written atomically (rename) but not fsynced, and a
-//! missing or unreadable one never stops the pipeline.
+//! Kept in the checkpoint directory as JSON lines, one file per 100
+//! batches (`attempts/<batch / 100>.jsonl`). An attempt is recorded as
+//! `running` before the sink starts and again with its outcome after (the
+//! later line wins), so an attempt cut short by a crash still shows. These
+//! files are diagnostics, not part of the write-ahead protocol: they are
+//! appended to without fsync, and a missing or unreadable line never stops
+//! the pipeline.
 //!
 //! Bounds: the last [`MAX_LOG_LINES`] log lines of an attempt, each cut to
-//! [`MAX_LINE_BYTES`], and the attempts of the last [`KEEP_BATCHES`] batches.
+//! [`MAX_LINE_BYTES`], and the attempts of at least the last [`KEEP_BATCHES`]
+//! batches.
 
 use crate::batch_log::LogLine;
 use serde::{Deserialize, Serialize};
-use std::io;
+use std::collections::BTreeMap;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 /// Log lines kept per attempt (the last ones: they lead to the outcome).
@@ -101,25 +103,34 @@ impl AttemptRecord {
     }
 }
 
-fn batch_dir(checkpoint: &Path, batch_id: u64) -> PathBuf {
-    checkpoint.join("attempts").join(batch_id.to_string())
+/// Batches per log file.
+const BATCHES_PER_FILE: u64 = 100;
+
+/// The file holding the attempts of `batch_id` (and of its neighbours).
+fn file_of(checkpoint: &Path, batch_id: u64) -> PathBuf {
+    checkpoint.join("attempts").join(format!("{}.jsonl", batch_id / BATCHES_PER_FILE))
 }
 
-/// Record `attempt` (replacing an earlier record of it), and forget the
-/// attempts of batches older than the bound.
+/// Record `attempt` by appending a line (a later line for the same attempt
+/// supersedes an earlier one), and forget batches older than the bound.
+/// One append per record keeps this off the batch's critical path.
 pub fn write(checkpoint: &Path, attempt: &AttemptRecord) -> io::Result<()> {
-    let dir = batch_dir(checkpoint, attempt.batch_id);
-    std::fs::create_dir_all(&dir)?;
-    // Attempt numbers restart with each process run: the name tells runs apart.
-    let name = format!("{}-{}-{}", attempt.started_ms, attempt.pid, attempt.attempt);
-    let path = dir.join(format!("{name}.json"));
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, serde_json::to_vec_pretty(attempt).expect("attempt records serialise"))?;
-    std::fs::rename(&tmp, &path)?;
-    if attempt.attempt == 1
-        && let Some(old) = attempt.batch_id.checked_sub(KEEP_BATCHES)
-    {
-        match std::fs::remove_dir_all(batch_dir(checkpoint, old)) {
+    let path = file_of(checkpoint, attempt.batch_id);
+    let mut line = serde_json::to_vec(attempt).expect("attempt records serialise");
+    line.push(b'\n');
+    let append = || std::fs::OpenOptions::new().create(true).append(true).open(&path);
+    let mut file = match append() {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(path.parent().expect("a directory"))?;
+            append()?
+        }
+        other => other?,
+    };
+    let new_file = file.metadata()?.len() == 0;
+    file.write_all(&line)?;
+    // Starting a new file: the oldest one falls out of the bound.
+    if new_file && let Some(old) = attempt.batch_id.checked_sub(KEEP_BATCHES + BATCHES_PER_FILE) {
+        match std::fs::remove_file(file_of(checkpoint, old)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
@@ -127,24 +138,24 @@ pub fn write(checkpoint: &Path, attempt: &AttemptRecord) -> io::Result<()> {
     Ok(())
 }
 
-/// The recorded attempts of a batch, oldest first (by start time).
-/// Unreadable records are returned as errors naming the file.
+/// The recorded attempts of a batch, oldest first (by start time). A line
+/// that cannot be read (cut short by a crash) is returned as an error
+/// naming the file and line.
 pub fn read(checkpoint: &Path, batch_id: u64) -> Vec<Result<AttemptRecord, String>> {
-    let dir = batch_dir(checkpoint, batch_id);
-    let Ok(entries) = std::fs::read_dir(&dir) else { return Vec::new() };
-    let mut out: Vec<Result<AttemptRecord, String>> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .map(|p| {
-            std::fs::read(&p)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-                .map_err(|e| format!("{}: {e}", p.display()))
-        })
-        .collect();
-    out.sort_by_key(|r| r.as_ref().map_or((i64::MAX, 0), |a| (a.started_ms, a.attempt)));
-    out
+    let path = file_of(checkpoint, batch_id);
+    let Ok(text) = std::fs::read(&path) else { return Vec::new() };
+    let mut latest: BTreeMap<(i64, u32, u32), AttemptRecord> = BTreeMap::new();
+    let mut unreadable = Vec::new();
+    for (i, line) in text.split(|&b| b == b'\n').enumerate().filter(|(_, l)| !l.is_empty()) {
+        match serde_json::from_slice::<AttemptRecord>(line) {
+            Ok(a) if a.batch_id == batch_id => {
+                latest.insert((a.started_ms, a.pid, a.attempt), a);
+            }
+            Ok(_) => {}
+            Err(e) => unreadable.push(Err(format!("{} line {}: {e}", path.display(), i + 1))),
+        }
+    }
+    latest.into_values().map(Ok).chain(unreadable).collect()
 }
 
 #[cfg(test)]
@@ -178,12 +189,27 @@ mod tests {
     }
 
     #[test]
-    fn old_batches_are_forgotten() {
+    fn old_batches_are_forgotten_a_file_at_a_time() {
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), &AttemptRecord::started(5, 1, 0)).unwrap();
-        write(dir.path(), &AttemptRecord::started(KEEP_BATCHES + 4, 1, 0)).unwrap();
-        assert_eq!(read(dir.path(), 5).len(), 1);
         write(dir.path(), &AttemptRecord::started(KEEP_BATCHES + 5, 1, 0)).unwrap();
+        assert_eq!(read(dir.path(), 5).len(), 1);
+        write(dir.path(), &AttemptRecord::started(KEEP_BATCHES + BATCHES_PER_FILE, 1, 0)).unwrap();
         assert!(read(dir.path(), 5).is_empty());
+        assert_eq!(read(dir.path(), KEEP_BATCHES + 5).len(), 1, "the last KEEP_BATCHES stay");
+    }
+
+    #[test]
+    fn a_line_cut_short_by_a_crash_is_reported_not_fatal() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), &AttemptRecord::started(7, 1, 10)).unwrap();
+        let path = dir.path().join("attempts/0.jsonl");
+        let mut text = std::fs::read(&path).unwrap();
+        text.extend_from_slice(b"{\"batch_id\":7,\"att");
+        std::fs::write(&path, text).unwrap();
+        let read = read(dir.path(), 7);
+        assert_eq!(read.len(), 2);
+        assert_eq!(read[0].as_ref().unwrap().outcome, Outcome::Running);
+        assert!(read[1].as_ref().unwrap_err().contains("0.jsonl line 2: EOF while parsing"), "{read:?}");
     }
 }
