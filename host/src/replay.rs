@@ -283,8 +283,9 @@ fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayEr
         limits: config.limits.clone(),
         records,
         records_from: "kafka".into(),
+        // The configured component is the fallback for checkpoints that kept none.
+        configured: if planned_component.is_none() { Some(Component::read(&config.pipeline.component)?) } else { None },
         planned: planned_component,
-        configured: Some(Component::read(&config.pipeline.component)?),
         notes,
     })
 }
@@ -328,7 +329,9 @@ fn from_bundle(path: &Path, config: Option<&PipelineConfig>, batch: Option<u64>)
                 "the config's tables or limits differ from those the batch was planned with; replay the bundle without the config".into(),
             ));
         }
-        configured = Some(Component::read(&config.pipeline.component)?);
+        if bundle.component.is_none() {
+            configured = Some(Component::read(&config.pipeline.component)?);
+        }
     }
     let planned = bundle.component.map(|bytes| Component { what: format!("{} (component in bundle)", path.display()), bytes });
     let m = bundle.manifest;
