@@ -392,6 +392,11 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
     println!("  config:  {}", summary.config.display());
     println!("  metrics: {}", summary.metrics.display());
     println!("  the exact config ran with `sluice run`; `sluice status {}` shows its checkpoint and table", summary.config.display());
+    println!(
+        "  look closer: `sluice batch show 2 -c {0}`, `sluice reconcile {0} --skip-source` \
+         (the embedded Kafka is gone now: see docs/guides/debugging.md for replaying against a real one)",
+        summary.config.display()
+    );
     let exact = summary.rows == options.orders.min(options.records) as u64 && summary.latest_status_rows == summary.rows;
     Ok(if exact { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
