@@ -187,17 +187,17 @@ pub fn reconcile(config: &PipelineConfig, options: &ReconcileOptions) -> Result<
 
 /// Every plan up to the last, in order; a missing one is a gap.
 fn read_plans(checkpoint: &Checkpoint, r: &mut ReconcileReport) -> Result<Vec<PlannedBatch>, CheckpointError> {
+    let Some(last) = checkpoint.last_planned()? else { return Ok(Vec::new()) };
     let mut plans = Vec::new();
-    for n in 0..=checkpoint.last_planned()?.map_or(0, |n| n + 1).saturating_sub(1) {
+    for n in 0..=last {
         match checkpoint.planned(n)? {
             Some(p) => plans.push(p),
-            None if checkpoint.last_planned()?.is_some() => r.findings.push(Finding {
+            None => r.findings.push(Finding {
                 kind: FindingKind::Gap,
                 batch_id: Some(n),
                 table: None,
                 message: format!("batch {n} has no plan (offsets/{n} is missing): its offsets are in no batch"),
             }),
-            None => {}
         }
     }
     Ok(plans)

@@ -186,6 +186,8 @@ fn run_and_compare(runtime: &Runtime, recorded: Recorded, options: &ReplayOption
         }
     };
     let sink = candidate.load(runtime)?;
+    // Shared, not copied, by every run of the batch.
+    let records: std::sync::Arc<[OwnedRecord]> = records.into();
     let run = |sink: &Sink| sink.run(&spec, 1, Box::new(VecSource::new(records.clone())));
     let committed_digest = committed.as_ref().map(|c| c.output_digest.clone());
     let mut report = ReplayReport {
