@@ -357,10 +357,12 @@ fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
     let options = ReconcileOptions { last: args.last, skip_source: args.skip_source };
     let report = sluice::reconcile::reconcile(&config, &options)?;
     print_report(&report, args.json)?;
-    Ok(match (report.findings.is_empty(), report.unchecked.is_empty()) {
-        (false, _) => ExitCode::from(1),
-        (true, false) => ExitCode::from(3),
-        (true, true) => ExitCode::SUCCESS,
+    Ok(if report.clean() {
+        ExitCode::SUCCESS
+    } else if report.findings.is_empty() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::from(1)
     })
 }
 
