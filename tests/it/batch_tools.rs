@@ -212,6 +212,17 @@ fn reconcile_passes_a_clean_run_and_finds_injected_gaps_and_duplicates() {
     assert_eq!(code, 0);
     assert!(stdout.starts_with("pipeline orders: OK (last committed batch 2)"), "{stdout}");
 
+    // Kafka out of reach: nothing wrong found, but not everything checked.
+    let text = std::fs::read_to_string(config).unwrap();
+    let unreachable = dir.path().join("unreachable.toml");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let away = text.replace(&cluster.bootstrap_servers(), &format!("127.0.0.1:{port}")).replace("fetch_timeout_ms = 20000", "fetch_timeout_ms = 1000");
+    std::fs::write(&unreachable, away).unwrap();
+    let (code, stdout, _) = sluice_output(&["reconcile", unreachable.to_str().unwrap()]);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(stdout.starts_with("pipeline orders: INCOMPLETE: no discrepancy found, but not everything could be checked"), "{stdout}");
+    assert!(stdout.contains("  not checked: source records not counted: kafka (127.0.0.1:"), "{stdout}");
+
     // Another writer deletes a row: a gap.
     tamper_delta(&table, &["delete", "order_id = 'o-010'"]);
     let (code, report, _) = reconcile();
