@@ -211,6 +211,21 @@ impl PipelineConfig {
         self.pipeline.scratch.clone().unwrap_or_else(|| self.pipeline.checkpoint.join("scratch"))
     }
 
+    /// The source config for one of this pipeline's Kafka clients. Its group
+    /// id (where the advisory offsets go, and what broker tools show)
+    /// defaults to `sluice-<id>` for the pipeline itself and to
+    /// `sluice-<tool>-<id>` for a tool beside it, so a tool never moves the
+    /// pipeline's offsets.
+    pub fn source_for(&self, tool: Option<&str>) -> SourceConfig {
+        let mut source = self.source.clone();
+        let group = match tool {
+            Some(tool) => format!("sluice-{tool}-{}", self.pipeline.id),
+            None => format!("sluice-{}", self.pipeline.id),
+        };
+        source.properties.entry("group.id".into()).or_insert(group);
+        source
+    }
+
     /// Where compiled components are cached.
     pub fn cache_dir(&self) -> PathBuf {
         self.pipeline.cache.clone().unwrap_or_else(|| self.pipeline.checkpoint.join("cache"))

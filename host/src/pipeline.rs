@@ -231,10 +231,7 @@ impl Pipeline {
             .expect_existing(existing.collect::<Vec<_>>());
         committer.ensure_tables().map_err(commit_err)?;
 
-        let mut source_config = config.source.clone();
-        // The advisory offsets go to a group named after the pipeline.
-        source_config.properties.entry("group.id".into()).or_insert_with(|| format!("sluice-{}", config.pipeline.id));
-        let source = KafkaSource::connect(source_config)?;
+        let source = KafkaSource::connect(config.source_for(None))?;
 
         Ok(Self {
             config_digest: config.digest(),

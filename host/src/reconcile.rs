@@ -353,9 +353,7 @@ fn check_batches(
     let mut source = if options.skip_source {
         None
     } else {
-        let mut source_config = config.source.clone();
-        source_config.properties.entry("group.id".into()).or_insert_with(|| format!("sluice-reconcile-{}", config.pipeline.id));
-        match KafkaSource::connect(source_config) {
+        match KafkaSource::connect(config.source_for(Some("reconcile"))) {
             Ok(s) => Some(s),
             Err(e) => {
                 r.unchecked.push(format!("source records not counted: {e}"));

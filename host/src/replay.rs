@@ -297,9 +297,7 @@ fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayEr
 /// replay would not be of the same batch.
 pub fn fetch_records(config: &PipelineConfig, spec: &BatchSpec, committed: Option<&CommittedBatch>) -> Result<Vec<OwnedRecord>, ReplayError> {
     let source_err = |detail: String| ReplayError::Source { batch_id: spec.batch_id, detail };
-    let mut source_config = config.source.clone();
-    source_config.properties.entry("group.id".into()).or_insert_with(|| format!("sluice-replay-{}", config.pipeline.id));
-    let source = KafkaSource::connect(source_config).map_err(|e: KafkaSourceError| source_err(e.to_string()))?;
+    let source = KafkaSource::connect(config.source_for(Some("replay"))).map_err(|e: KafkaSourceError| source_err(e.to_string()))?;
     let fetch = source.fetch(&spec.ranges).map_err(|e| source_err(e.to_string()))?;
     let records = read_all(fetch, &spec.ranges).map_err(|e: SourceError| source_err(e.to_string()))?;
     if let Some(c) = committed.filter(|c| c.records > 0 && c.records != records.len() as u64) {
