@@ -173,10 +173,14 @@ pub fn replay(config: Option<&PipelineConfig>, options: &ReplayOptions) -> Resul
 
 fn run_and_compare(runtime: &Runtime, recorded: Recorded, options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
     let Recorded { spec, planned_component_digest, committed, tables, records, mut notes, .. } = recorded;
+    let given;
     let candidate = match (&options.component, &recorded.planned, &recorded.configured) {
-        (Some(path), _, _) => Component::read(path)?,
-        (None, Some(planned), _) => Component { what: planned.what.clone(), bytes: planned.bytes.clone() },
-        (None, None, Some(configured)) => Component { what: configured.what.clone(), bytes: configured.bytes.clone() },
+        (Some(path), _, _) => {
+            given = Component::read(path)?;
+            &given
+        }
+        (None, Some(planned), _) => planned,
+        (None, None, Some(configured)) => configured,
         (None, None, None) => {
             return Err(ReplayError::Usage(format!(
                 "the bundle does not include the component batch {} was planned with ({}): pass --component FILE",
