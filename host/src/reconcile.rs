@@ -21,7 +21,7 @@
 use crate::checkpoint::{Checkpoint, CheckpointError, PlannedBatch};
 use crate::commit::{CommitError, DeltaCommitter, TableLog};
 use crate::config::PipelineConfig;
-use crate::records::{BatchSpec, ChunkBuilder, Fill, RecordSource};
+use crate::records::count_all;
 use crate::source::KafkaSource;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -417,16 +417,8 @@ fn check_batches(
 }
 
 fn count_records(source: &KafkaSource, plan: &PlannedBatch) -> Result<u64, String> {
-    let spec = BatchSpec { pipeline_id: String::new(), batch_id: plan.batch_id, planned_timestamp_ms: 0, ranges: plan.ranges.clone() };
-    let mut fetch = source.fetch(&spec.ranges).map_err(|e| e.to_string())?;
-    let mut chunk = ChunkBuilder::new(spec.ranges, 10_000, 16 << 20);
-    loop {
-        let fill = fetch.fill(&mut chunk).map_err(|e| e.to_string())?;
-        chunk.clear();
-        if fill == Fill::Done {
-            return Ok(chunk.delivered().0);
-        }
-    }
+    let fetch = source.fetch(&plan.ranges).map_err(|e| e.to_string())?;
+    count_all(fetch, &plan.ranges).map_err(|e| e.to_string())
 }
 
 impl fmt::Display for ReconcileReport {

@@ -285,14 +285,25 @@ impl ChunkBuilder {
 }
 
 /// Every record `source` delivers for `ranges`, in delivery order.
-pub fn read_all(mut source: impl RecordSource, ranges: &[SourceRange]) -> Result<Vec<OwnedRecord>, SourceError> {
-    let mut chunk = ChunkBuilder::new(ranges.to_vec(), 10_000, 16 << 20);
+pub fn read_all(source: impl RecordSource, ranges: &[SourceRange]) -> Result<Vec<OwnedRecord>, SourceError> {
     let mut out = Vec::new();
+    drain(source, ranges, |chunk| out.append(&mut chunk.take_records()))?;
+    Ok(out)
+}
+
+/// How many records `source` delivers for `ranges`, keeping none.
+pub fn count_all(source: impl RecordSource, ranges: &[SourceRange]) -> Result<u64, SourceError> {
+    drain(source, ranges, ChunkBuilder::clear).map(|chunk| chunk.delivered().0)
+}
+
+/// Fill chunks from `source` until it is done, handing each to `take`.
+fn drain(mut source: impl RecordSource, ranges: &[SourceRange], mut take: impl FnMut(&mut ChunkBuilder)) -> Result<ChunkBuilder, SourceError> {
+    let mut chunk = ChunkBuilder::new(ranges.to_vec(), 10_000, 16 << 20);
     loop {
         let fill = source.fill(&mut chunk)?;
-        out.append(&mut chunk.take_records());
+        take(&mut chunk);
         if fill == Fill::Done {
-            return Ok(out);
+            return Ok(chunk);
         }
     }
 }
