@@ -5,7 +5,11 @@
 //! - `offsets/N` (the plan of batch N: ranges, digests, seed, timestamp) is
 //!   durable before the sink runs N. A crash after it re-runs N with exactly
 //!   these ranges; a batch is never re-planned.
-//! - `commits/N` is written only after the batch output is in the tables.
+//! - `commits/N` is written only after the batch output is in the tables,
+//!   and after `commits/N-1`.
+//! - At most two batches are planned and not committed: the pipeline plans
+//!   and runs batch N+1 while batch N commits (never further ahead, so a
+//!   restart has at most two batches to finish, in order).
 //! - Every file is written to a temporary name, fsynced, renamed into place
 //!   and its directory fsynced, so a crash leaves the old file or the new
 //!   one, never a torn one. Each file carries a SHA-256 of its body; a file
@@ -14,9 +18,10 @@
 //!
 //! ```text
 //!   offsets/N written ──► sink runs ──► tables committed ──► commits/N written
-//!   restart: last offsets == last commit      → plan N+1
-//!            last offsets == last commit + 1  → re-run that batch as planned
-//!            anything else                     → error, naming the files
+//!                                      offsets/N+1 written ──► sink runs ──► …
+//!   restart: last offsets == last commit          → plan the next batch
+//!            last offsets == last commit + 1 or 2 → re-run those batches as planned
+//!            anything else                         → error, naming the files
 //! ```
 //!
 //! The layout is one small file per key, so an object store with
@@ -30,6 +35,10 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+
+/// How many batches may be planned and not yet committed: the one
+/// committing and the next one, running meanwhile.
+pub const MAX_UNCOMMITTED: u64 = 2;
 
 /// The first line of every checkpoint file names its format.
 const MAGIC: &str = "sluice-checkpoint/1";
@@ -109,8 +118,9 @@ pub struct CommittedBatch {
 pub struct Resume {
     /// The last committed batch, if any.
     pub last_committed: Option<CommittedBatch>,
-    /// A planned batch that has not been committed: re-run it as planned.
-    pub pending: Option<PlannedBatch>,
+    /// Planned batches not committed yet, oldest first (at most
+    /// [`MAX_UNCOMMITTED`]): re-run them as planned, in order.
+    pub pending: Vec<PlannedBatch>,
 }
 
 /// An open checkpoint directory, exclusively owned while this value lives.
@@ -250,29 +260,35 @@ impl Checkpoint {
         let corrupt = |log: Log, n: u64, reason: String| CheckpointError::Corrupt { path: self.path(log, n), reason };
         let Some(p) = last_planned else {
             return match last_committed {
-                None => Ok(Resume { last_committed: None, pending: None }),
+                None => Ok(Resume { last_committed: None, pending: Vec::new() }),
                 Some(c) => Err(corrupt(Log::Commits, c, format!("batch {c} is committed but offsets/{c} is missing"))),
             };
         };
-        let last_committed_record = last_committed.map(|c| self.committed(c)).transpose()?.flatten();
-        match last_committed {
-            Some(c) if c == p => Ok(Resume { last_committed: last_committed_record, pending: None }),
-            Some(c) if c > p => {
-                Err(corrupt(Log::Commits, c, format!("batch {c} is committed but the last planned batch is {p}")))
-            }
-            // Batch ids are dense from 0: the only uncommitted plan is the next one.
-            c if p == c.map_or(0, |c| c + 1) => {
-                Ok(Resume { last_committed: last_committed_record, pending: self.planned(p)? })
-            }
-            c => Err(corrupt(
+        if let Some(c) = last_committed.filter(|&c| c > p) {
+            return Err(corrupt(Log::Commits, c, format!("batch {c} is committed but the last planned batch is {p}")));
+        }
+        // Batch ids are dense from 0: the uncommitted plans are the next ones.
+        let first_pending = last_committed.map_or(0, |c| c + 1);
+        if p + 1 - first_pending > MAX_UNCOMMITTED {
+            return Err(corrupt(
                 Log::Offsets,
                 p,
                 format!(
-                    "batch {p} is planned but the last committed batch is {}; a pipeline plans one batch at a time",
-                    c.map_or("none".to_owned(), |c| c.to_string())
+                    "batch {p} is planned but the last committed batch is {}; a pipeline plans at most one batch \
+                     ahead of the one committing",
+                    last_committed.map_or("none".to_owned(), |c| c.to_string())
                 ),
-            )),
+            ));
         }
+        let last_committed_record = last_committed.map(|c| self.committed(c)).transpose()?.flatten();
+        let mut pending = Vec::new();
+        for n in first_pending..=p {
+            let planned = self.planned(n)?.ok_or_else(|| {
+                corrupt(Log::Offsets, n, format!("batch {p} is planned but offsets/{n}, the batch before it, is missing"))
+            })?;
+            pending.push(planned);
+        }
+        Ok(Resume { last_committed: last_committed_record, pending })
     }
 
     /// The highest planned batch id, if any.
@@ -385,16 +401,21 @@ mod tests {
     fn resume_follows_the_batch_life() {
         let tmp = tempfile::tempdir().unwrap();
         let cp = Checkpoint::open(tmp.path()).unwrap();
-        assert_eq!(cp.resume().unwrap(), Resume { last_committed: None, pending: None });
+        assert_eq!(cp.resume().unwrap(), Resume { last_committed: None, pending: vec![] });
         cp.record_planned(&planned(0)).unwrap();
-        assert_eq!(cp.resume().unwrap().pending, Some(planned(0)), "planned, not committed: re-run as planned");
+        assert_eq!(cp.resume().unwrap().pending, vec![planned(0)], "planned, not committed: re-run as planned");
         cp.record_committed(&committed(0)).unwrap();
-        assert_eq!(cp.resume().unwrap(), Resume { last_committed: Some(committed(0)), pending: None });
+        assert_eq!(cp.resume().unwrap(), Resume { last_committed: Some(committed(0)), pending: vec![] });
         cp.record_planned(&planned(1)).unwrap();
         drop(cp);
         // A restart sees the same thing.
         let cp = Checkpoint::open(tmp.path()).unwrap();
-        assert_eq!(cp.resume().unwrap(), Resume { last_committed: Some(committed(0)), pending: Some(planned(1)) });
+        assert_eq!(cp.resume().unwrap(), Resume { last_committed: Some(committed(0)), pending: vec![planned(1)] });
+        // Batch 2 planned while batch 1 commits: both are re-run, in order.
+        cp.record_planned(&planned(2)).unwrap();
+        assert_eq!(cp.resume().unwrap().pending, vec![planned(1), planned(2)]);
+        cp.record_committed(&committed(1)).unwrap();
+        assert_eq!(cp.resume().unwrap().pending, vec![planned(2)]);
     }
 
     #[test]
@@ -435,7 +456,11 @@ mod tests {
         let cp = Checkpoint::open(tmp.path()).unwrap();
         cp.record_planned(&planned(3)).unwrap();
         let err = cp.resume().unwrap_err().to_string();
-        assert!(err.contains("batch 3 is planned but the last committed batch is none"), "{err}");
+        assert!(err.contains("batch 3 is planned but the last committed batch is none; a pipeline plans at most one batch ahead"), "{err}");
+        cp.record_committed(&committed(1)).unwrap();
+        let err = cp.resume().unwrap_err().to_string();
+        assert!(err.contains("batch 3 is planned but offsets/2, the batch before it, is missing"), "{err}");
+        std::fs::remove_file(tmp.path().join("commits/1")).unwrap();
         cp.record_committed(&committed(4)).unwrap();
         let err = cp.resume().unwrap_err().to_string();
         assert!(err.contains("batch 4 is committed but the last planned batch is 3"), "{err}");
@@ -447,10 +472,10 @@ mod tests {
         let cp = Checkpoint::open(tmp.path()).unwrap();
         cp.record_planned(&planned(0)).unwrap();
         std::fs::write(tmp.path().join("offsets/.1.tmp999"), "half a write").unwrap();
-        assert_eq!(cp.resume().unwrap().pending, Some(planned(0)));
+        assert_eq!(cp.resume().unwrap().pending, vec![planned(0)]);
         drop(cp);
         let cp = Checkpoint::open(tmp.path()).unwrap();
         assert!(!tmp.path().join("offsets/.1.tmp999").exists(), "the next owner removes them");
-        assert_eq!(cp.resume().unwrap().pending, Some(planned(0)));
+        assert_eq!(cp.resume().unwrap().pending, vec![planned(0)]);
     }
 }

@@ -3,8 +3,9 @@
 //! With `SLUICE_FAILPOINT=<name>[:<n>]` in the environment, the `n`-th time
 //! (default: first) the process reaches `<name>` it prints
 //! `sluice: failpoint <name> reached` to stderr and then waits forever, so
-//! the test, reading stderr, can `kill -9` it at exactly that point. Without
-//! the variable a failpoint is one relaxed atomic load.
+//! the test, reading stderr, can `kill -9` it at exactly that point. Several
+//! points, comma-separated, stop each thread that reaches one. Without the
+//! variable a failpoint is a look at an empty list.
 //!
 //! The points, in batch order: `after-offsets-log`, `in-sink`,
 //! `between-table-commits`, `after-table-commits`, `in-checkpoint-write`
@@ -19,28 +20,30 @@ struct Armed {
     seen: AtomicU64,
 }
 
-fn armed() -> Option<&'static Armed> {
-    static ARMED: OnceLock<Option<Armed>> = OnceLock::new();
-    ARMED
-        .get_or_init(|| {
-            let spec = std::env::var("SLUICE_FAILPOINT").ok()?;
-            let (name, nth) = match spec.split_once(':') {
+/// The points armed by `SLUICE_FAILPOINT`: comma-separated, so a test can
+/// stop both threads of an overlapped batch at once.
+fn armed() -> &'static [Armed] {
+    static ARMED: OnceLock<Vec<Armed>> = OnceLock::new();
+    ARMED.get_or_init(|| {
+        let Ok(spec) = std::env::var("SLUICE_FAILPOINT") else { return Vec::new() };
+        spec.split(',')
+            .map(|point| match point.split_once(':') {
                 Some((name, n)) => (name.to_owned(), n.parse().unwrap_or(1)),
-                None => (spec, 1),
-            };
-            Some(Armed { name, nth, seen: AtomicU64::new(0) })
-        })
-        .as_ref()
+                None => (point.to_owned(), 1),
+            })
+            .map(|(name, nth)| Armed { name, nth, seen: AtomicU64::new(0) })
+            .collect()
+    })
 }
 
 /// Mark that the process reached `name`; stops here if it is armed.
 pub(crate) fn hit(name: &str) {
-    let Some(armed) = armed() else { return };
-    if armed.name != name || armed.seen.fetch_add(1, Ordering::Relaxed) + 1 != armed.nth {
-        return;
-    }
-    eprintln!("sluice: failpoint {name} reached");
-    loop {
-        std::thread::park();
+    for armed in armed().iter().filter(|a| a.name == name) {
+        if armed.seen.fetch_add(1, Ordering::Relaxed) + 1 == armed.nth {
+            eprintln!("sluice: failpoint {name} reached");
+            loop {
+                std::thread::park();
+            }
+        }
     }
 }

@@ -1,17 +1,18 @@
 //! The pipeline loop: the batch life of DESIGN.md, in one place.
 //!
 //! ```text
-//!  plan N ─► offsets/N ─► every table at ≥ N? ── yes ──► commits/N (sink not run)
+//!  plan N ─► offsets/N ─► (re-run after a crash only) every table at ≥ N? ── yes ──► commits/N
 //!                              │ no
 //!                              ▼
 //!            fetch ranges ─► fresh instance runs the sink ─► failed? retry (backoff,
 //!                              │ ok                          fresh instance) or stop
 //!                              ▼
 //!            one Delta txn(app, N) per table ─► commits/N ─► advisory group commit
+//!            └──────────── meanwhile: plan N+1 ─► offsets/N+1 ─► fetch, sink N+1
 //! ```
 //!
 //! Every step is idempotent given the step before it, so a crash anywhere
-//! resumes by re-running the pending batch from its recorded plan. What
+//! resumes by re-running the pending batches from their recorded plans. What
 //! makes a half-committed batch safe to finish is determinism: the re-run
 //! produces the same output, and tables already at ≥ N are skipped.
 
@@ -23,8 +24,8 @@ use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::metrics::Metrics;
 use crate::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
 use crate::runtime::{RuntimeBuilder, Sink};
-use crate::source::{KafkaSource, KafkaSourceError, Watermarks};
-use std::collections::BTreeMap;
+use crate::source::{KafkaSource, KafkaSourceError};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -111,7 +112,8 @@ pub struct BatchReport {
     pub attempts: u32,
     /// Found already committed after a restart: the sink was not run.
     pub already_committed: bool,
-    /// Time checking the tables for the batch before running the sink.
+    /// Time checking the tables for the batch before running the sink
+    /// (zero for a batch this run planned: only re-runs are checked).
     pub check: Duration,
     /// Time in the sink, all attempts.
     pub sink: Duration,
@@ -183,14 +185,50 @@ pub struct Pipeline {
     sink: Sink,
     metrics: Metrics,
     stop: Arc<AtomicBool>,
-    /// The last committed batch and the ends of its ranges.
+    /// The last committed batch and the ends of its ranges (for lag).
     last_committed: Option<CommittedBatch>,
     ends: BTreeMap<(String, i32), i64>,
-    pending: Option<PlannedBatch>,
+    /// The id of the next batch to plan, and where the last planned one ends.
+    next_id: u64,
+    planned_ends: BTreeMap<(String, i32), i64>,
+    /// Batches an earlier run planned and did not commit, oldest first.
+    pending: VecDeque<PlannedBatch>,
     /// Average bytes per record of the last batch, for `max_bytes_per_batch`.
     record_size: Option<u64>,
-    /// Watermarks read while the last batch committed, for the next plan.
-    watermarks_ahead: Option<Watermarks>,
+}
+
+/// A batch whose sink has run: its output waits for the commit.
+struct Ran {
+    planned: PlannedBatch,
+    output: crate::BatchOutput,
+    attempts: u32,
+    started: Instant,
+    check: Duration,
+    sink: Duration,
+}
+
+/// A batch whose commit is logged in `commits/N`.
+struct Done {
+    report: BatchReport,
+    committed: CommittedBatch,
+    ends: BTreeMap<(String, i32), i64>,
+}
+
+/// What the step that looks for the next batch found.
+enum Next {
+    /// The sink ran: commit the output.
+    Ran(Box<Ran>),
+    /// Found committed before a crash and logged now; the sink was not run.
+    Found(Box<Done>),
+    /// Nothing new to read yet (continuous trigger): plan again when due.
+    Idle,
+    /// Not looked for: the next batch is not due, or batches of an earlier
+    /// run wait to be re-run one at a time.
+    Later,
+    /// Everything available when the run started is planned (`available_now`).
+    CaughtUp,
+    /// A stop was requested.
+    Stopped,
 }
 
 impl Pipeline {
@@ -210,6 +248,12 @@ impl Pipeline {
             }
             None => BTreeMap::new(),
         };
+        let mut planned_ends = ends.clone();
+        for p in &resume.pending {
+            planned_ends.extend(range_ends(&p.ranges));
+        }
+        let next = resume.last_committed.as_ref().map_or(0, |c| c.batch_id + 1);
+        let next_id = resume.pending.last().map_or(next, |p| p.batch_id + 1);
 
         let runtime = RuntimeBuilder::new(config.scratch_dir())
             .with_limits(config.limits.clone())
@@ -223,7 +267,6 @@ impl Pipeline {
             .map_err(|source| PipelineError::Load { path: config.pipeline.component.clone(), source })?;
         checkpoint.keep_component(sink.digest(), &config.pipeline.component)?;
 
-        let next = resume.last_committed.as_ref().map_or(0, |c| c.batch_id + 1);
         let commit_err = |source| PipelineError::Commit { batch_id: next, source };
         let existing = resume.last_committed.iter().flat_map(|c| c.table_versions.keys().cloned());
         let committer = DeltaCommitter::new(&config.pipeline.id, config.tables.clone())
@@ -245,9 +288,10 @@ impl Pipeline {
             stop: Arc::new(AtomicBool::new(false)),
             last_committed: resume.last_committed,
             ends,
-            pending: resume.pending,
+            next_id,
+            planned_ends,
+            pending: resume.pending.into(),
             record_size: None,
-            watermarks_ahead: None,
         })
     }
 
@@ -256,13 +300,18 @@ impl Pipeline {
         self.stop.clone()
     }
 
-    /// The digest of the loaded sink component.
+    /// The SHA-256 of the sink component batches are planned with.
     pub fn component_digest(&self) -> &str {
         self.sink.digest()
     }
 
     /// Run batches until caught up (`available_now`), stopped, or failed.
     /// `on_event` sees every committed batch and every retry.
+    ///
+    /// While batch N commits (on a second thread), batch N+1 is planned and
+    /// its sink runs, so Delta's work and the sink's overlap. Commits stay
+    /// in order: N+1 commits only after `commits/N` is written, and nothing
+    /// runs further ahead (see the checkpoint's guarantees).
     pub fn run(&mut self, mut on_event: impl FnMut(&Event)) -> Result<RunSummary, PipelineError> {
         let until = match self.config.pipeline.trigger {
             Trigger::AvailableNow => match self.with_retries(&mut on_event, |s| s.source.high_watermarks())? {
@@ -273,58 +322,51 @@ impl Pipeline {
         };
         let mut summary = self.summary(Stopped::Requested);
         let mut last_start: Option<Instant> = None;
+        let mut ran: Option<Box<Ran>> = None;
         loop {
-            let batch = match self.pending.take() {
-                Some(pending) => pending,
-                None => {
-                    if self.stopping() {
-                        return Ok(summary);
-                    }
-                    if until.is_none()
-                        && let Some(start) = last_start
-                    {
-                        let due = start + Duration::from_millis(self.config.pipeline.trigger_interval_ms);
-                        if Instant::now() < due {
-                            // Read before the wait: plan from fresh ones.
-                            self.watermarks_ahead = None;
-                        }
-                        if !self.wait(due) {
-                            return Ok(summary);
-                        }
-                    }
-                    last_start = Some(Instant::now());
-                    let budget = self.record_budget();
-                    let mut ahead = self.watermarks_ahead.take();
-                    let plan = |s: &mut Self| match ahead.take() {
-                        Some(watermarks) => s.source.plan_from(watermarks, &s.ends, budget, until.as_ref()),
-                        None => s.source.plan_up_to(&s.ends, budget, until.as_ref()),
-                    };
-                    let Some(ranges) = self.with_retries(&mut on_event, plan)? else { return Ok(summary) };
-                    if ranges.iter().all(|r| r.end == r.start) {
-                        if until.is_some() {
-                            summary.stopped = Stopped::CaughtUp;
-                            return Ok(summary);
-                        }
-                        continue;
-                    }
-                    let planned = PlannedBatch {
-                        batch_id: self.last_committed.as_ref().map_or(0, |c| c.batch_id + 1),
-                        planned_timestamp_ms: now_ms(),
-                        ranges,
-                        component_digest: self.sink.digest().to_owned(),
-                        config_digest: self.config_digest.clone(),
-                    };
-                    self.checkpoint.record_planned(&planned)?;
-                    crate::failpoint::hit("after-offsets-log");
-                    planned
+            let committing = ran.take();
+            // Run ahead only a new plan that is due now: batches left by an
+            // earlier run are re-run one at a time, after the check of step 2,
+            // and a wait for the trigger happens with nothing in flight.
+            let run_next = committing.is_none()
+                || (self.pending.is_empty() && !self.stopping() && (until.is_some() || self.due(last_start)));
+            let recovered = if committing.is_none() { self.pending.pop_front() } else { None };
+            let (done, next) = std::thread::scope(|s| {
+                let commit = committing.map(|r| {
+                    let (committer, checkpoint, source) = (&self.committer, &self.checkpoint, &self.source);
+                    s.spawn(move || commit_batch(committer, checkpoint, source, *r))
+                });
+                let next = match run_next {
+                    true => self.next_batch(recovered, until.as_ref(), &mut last_start, &mut on_event),
+                    false => Ok(Next::Later),
+                };
+                let done = commit.map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
+                (done, next)
+            });
+            // The earlier batch first: its commit error is the one to report.
+            if let Some(done) = done {
+                self.finish(done?, &mut summary, &mut on_event);
+            }
+            match next {
+                Ok(Next::Ran(r)) => {
+                    self.ran(&r);
+                    ran = Some(r);
                 }
-            };
-            let Some(report) = self.process(&batch, &mut on_event)? else { return Ok(summary) };
-            summary.batches += 1;
-            summary.records += report.records;
-            summary.last_committed = Some(report.batch_id);
-            summary.table_versions = report.table_versions.clone();
-            on_event(&Event::Committed(report));
+                Ok(Next::Found(done)) => self.finish(*done, &mut summary, &mut on_event),
+                Ok(Next::Idle | Next::Later) => {}
+                Ok(Next::CaughtUp) => {
+                    summary.stopped = Stopped::CaughtUp;
+                    return Ok(summary);
+                }
+                Ok(Next::Stopped) => return Ok(summary),
+                Err(e) => {
+                    if let PipelineError::BatchFailed { attempts, .. } = &e {
+                        self.metrics.sink_failures += u64::from(*attempts);
+                        self.write_metrics();
+                    }
+                    return Err(e);
+                }
+            }
         }
     }
 
@@ -338,12 +380,18 @@ impl Pipeline {
         }
     }
 
+    /// Whether the continuous trigger's interval since `last_start` is over.
+    fn due(&self, last_start: Option<Instant>) -> bool {
+        let interval = Duration::from_millis(self.config.pipeline.trigger_interval_ms);
+        last_start.is_none_or(|start| start.elapsed() >= interval)
+    }
+
     /// Run a Kafka request, retrying transient failures (a broker restart,
     /// say) with backoff. `None` when stopped while waiting.
     fn with_retries<T>(
-        &mut self,
+        &self,
         on_event: &mut impl FnMut(&Event),
-        mut request: impl FnMut(&mut Self) -> Result<T, KafkaSourceError>,
+        mut request: impl FnMut(&Self) -> Result<T, KafkaSourceError>,
     ) -> Result<Option<T>, PipelineError> {
         let max_attempts = self.config.pipeline.max_attempts;
         let mut backoff = Duration::from_millis(self.config.pipeline.retry_backoff_ms);
@@ -363,44 +411,83 @@ impl Pipeline {
         unreachable!("the loop returns")
     }
 
-    /// Steps 2–5 of the batch life. `None` when stopped while waiting to retry.
-    fn process(&mut self, planned: &PlannedBatch, on_event: &mut impl FnMut(&Event)) -> Result<Option<BatchReport>, PipelineError> {
+    /// Steps 1–3 of the batch life for the next batch: one an earlier run
+    /// planned (`recovered`), or a new plan. Takes `&self` only: the batch
+    /// before may be committing meanwhile.
+    fn next_batch(
+        &self,
+        recovered: Option<PlannedBatch>,
+        until: Option<&BTreeMap<(String, i32), i64>>,
+        last_start: &mut Option<Instant>,
+        on_event: &mut impl FnMut(&Event),
+    ) -> Result<Next, PipelineError> {
         let started = Instant::now();
+        let (planned, check) = match recovered {
+            Some(planned) => {
+                if let Some(done) = self.find_committed(&planned, started)? {
+                    return Ok(Next::Found(Box::new(done)));
+                }
+                (planned, started.elapsed())
+            }
+            None => match self.plan(until, last_start, on_event)? {
+                Ok(planned) => (planned, Duration::ZERO),
+                Err(next) => return Ok(next),
+            },
+        };
+        let Some((output, attempts, sink)) = self.run_sink(&planned, on_event)? else { return Ok(Next::Stopped) };
+        Ok(Next::Ran(Box::new(Ran { planned, output, attempts, started, check, sink })))
+    }
+
+    /// Step 1: plan the next batch and write its `offsets/N`, or say why
+    /// there is none to run now.
+    fn plan(
+        &self,
+        until: Option<&BTreeMap<(String, i32), i64>>,
+        last_start: &mut Option<Instant>,
+        on_event: &mut impl FnMut(&Event),
+    ) -> Result<Result<PlannedBatch, Next>, PipelineError> {
+        if self.stopping() {
+            return Ok(Err(Next::Stopped));
+        }
+        if until.is_none()
+            && let Some(start) = *last_start
+            && !self.wait(start + Duration::from_millis(self.config.pipeline.trigger_interval_ms))
+        {
+            return Ok(Err(Next::Stopped));
+        }
+        *last_start = Some(Instant::now());
+        let budget = self.record_budget();
+        let plan = |s: &Self| s.source.plan_up_to(&s.planned_ends, budget, until);
+        let Some(ranges) = self.with_retries(on_event, plan)? else { return Ok(Err(Next::Stopped)) };
+        if ranges.iter().all(|r| r.end == r.start) {
+            return Ok(Err(if until.is_some() { Next::CaughtUp } else { Next::Idle }));
+        }
+        let planned = PlannedBatch {
+            batch_id: self.next_id,
+            planned_timestamp_ms: now_ms(),
+            ranges,
+            component_digest: self.sink.digest().to_owned(),
+            config_digest: self.config_digest.clone(),
+        };
+        self.checkpoint.record_planned(&planned)?;
+        crate::failpoint::hit("after-offsets-log");
+        Ok(Ok(planned))
+    }
+
+    /// Step 2, for a batch an earlier run planned and did not log as
+    /// committed: when every table already holds it (a crash between the
+    /// Delta commit and `commits/N`), log it and skip the sink. A batch this
+    /// run planned needs no such look: nothing else commits for this
+    /// checkpoint while it is owned, and the commit skips any table already
+    /// at ≥ N anyway.
+    fn find_committed(&self, planned: &PlannedBatch, started: Instant) -> Result<Option<Done>, PipelineError> {
         let n = planned.batch_id;
         let commit_err = |source| PipelineError::Commit { batch_id: n, source };
         let txns = self.committer.committed_batches().map_err(commit_err)?;
         let check = started.elapsed();
         let holding = |v: &Option<i64>| v.is_some_and(|v| v >= n as i64);
         let (done, todo): (Vec<_>, Vec<_>) = txns.iter().partition(|(_, v)| holding(v));
-
-        let report = if todo.is_empty() {
-            // Committed before a crash, not yet logged: log it, skip the sink.
-            let found = self.committer.find_batch(n, FIND_COMMIT_DEPTH).map_err(commit_err)?;
-            // A commit older than the search depth: record the current version.
-            let current = if found.values().any(Option::is_none) {
-                self.committer.ensure_tables().map_err(commit_err)?
-            } else {
-                BTreeMap::new()
-            };
-            let table_versions =
-                found.iter().map(|(t, c)| (t.clone(), c.as_ref().map_or_else(|| current[t], |c| c.version))).collect();
-            let output_digest = found.values().flatten().map(|c| c.output_digest.clone()).next().unwrap_or_default();
-            self.metrics.batches_skipped += 1;
-            BatchReport {
-                batch_id: n,
-                records: 0,
-                bytes: 0,
-                attempts: 0,
-                already_committed: true,
-                check,
-                sink: Duration::ZERO,
-                commit: Duration::ZERO,
-                total: started.elapsed(),
-                table_versions,
-                output_digest,
-                staged_rows: BTreeMap::new(),
-            }
-        } else {
+        if !todo.is_empty() {
             if planned.component_digest != self.sink.digest() && !done.is_empty() {
                 return Err(PipelineError::ComponentChanged {
                     batch_id: n,
@@ -410,65 +497,66 @@ impl Pipeline {
                     current: self.sink.digest().to_owned(),
                 });
             }
-            let Some((output, attempts, sink_time)) = self.run_sink(planned, on_event)? else { return Ok(None) };
-            let (committed, commit, ahead) = self.commit_reading_ahead(&output);
-            self.watermarks_ahead = ahead;
-            let table_versions = committed.map_err(commit_err)?;
-            crate::failpoint::hit("after-table-commits");
-            if output.records_in > 0 {
-                self.record_size = Some(output.record_bytes_in.div_ceil(output.records_in).max(1));
-            }
-            BatchReport {
-                batch_id: n,
-                records: output.records_in,
-                bytes: output.record_bytes_in,
-                attempts,
-                already_committed: false,
-                check,
-                sink: sink_time,
-                commit,
-                total: started.elapsed(),
-                table_versions,
-                staged_rows: output.tables().into_iter().map(|t| (t.table, t.appended_rows + t.upserted_rows)).collect(),
-                output_digest: output.digest,
-            }
-        };
-
-        let committed = CommittedBatch {
-            batch_id: n,
-            output_digest: report.output_digest.clone(),
-            table_versions: report.table_versions.clone(),
-            records: report.records,
-            staged_rows: report.staged_rows.clone(),
-        };
-        self.checkpoint.record_committed(&committed)?;
-        if let Err(e) = self.source.commit_advisory(&planned.ranges) {
-            eprintln!("sluice: warning: {e} (lag tools may show stale offsets; sluice's own offsets are safe)");
+            return Ok(None);
         }
-        self.ends.extend(range_ends(&planned.ranges));
+        let found = self.committer.find_batch(n, FIND_COMMIT_DEPTH).map_err(commit_err)?;
+        // A commit older than the search depth: record the current version.
+        let current = if found.values().any(Option::is_none) {
+            self.committer.ensure_tables().map_err(commit_err)?
+        } else {
+            BTreeMap::new()
+        };
+        let table_versions =
+            found.iter().map(|(t, c)| (t.clone(), c.as_ref().map_or_else(|| current[t], |c| c.version))).collect();
+        let output_digest = found.values().flatten().map(|c| c.output_digest.clone()).next().unwrap_or_default();
+        let report = BatchReport {
+            batch_id: n,
+            records: 0,
+            bytes: 0,
+            attempts: 0,
+            already_committed: true,
+            check,
+            sink: Duration::ZERO,
+            commit: Duration::ZERO,
+            total: started.elapsed(),
+            table_versions,
+            output_digest,
+            staged_rows: BTreeMap::new(),
+        };
+        log_commit(&self.checkpoint, &self.source, planned, report).map(Some)
+    }
+
+    /// A batch's sink ran: its record size sizes the next plan.
+    fn ran(&mut self, ran: &Ran) {
+        let (planned, output) = (&ran.planned, &ran.output);
+        // A batch this run planned (recovered ones are accounted for at open).
+        if planned.batch_id >= self.next_id {
+            self.next_id = planned.batch_id + 1;
+            self.planned_ends.extend(range_ends(&planned.ranges));
+        }
+        if output.records_in > 0 {
+            self.record_size = Some(output.record_bytes_in.div_ceil(output.records_in).max(1));
+        }
+        self.metrics.sink_failures += u64::from(ran.attempts - 1);
+    }
+
+    /// A batch's commit is logged: account for it and tell the caller.
+    fn finish(&mut self, done: Done, summary: &mut RunSummary, on_event: &mut impl FnMut(&Event)) {
+        let Done { report, committed, ends } = done;
+        self.ends.extend(ends);
         self.last_committed = Some(committed);
         self.update_metrics(&report);
-        Ok(Some(report))
+        summary.batches += 1;
+        summary.records += report.records;
+        summary.last_committed = Some(report.batch_id);
+        summary.table_versions = report.table_versions.clone();
+        on_event(&Event::Committed(report));
     }
 
-    /// Commit `output` to Delta while a helper thread reads the watermarks
-    /// the next plan needs (`None` if that failed: the plan reads them
-    /// again), so planning adds nothing to the time between batches.
-    /// Returns the commit's result, the time the Delta commit took (not
-    /// counting any wait for the helper) and the watermarks.
-    fn commit_reading_ahead(&self, output: &crate::BatchOutput) -> (Result<BTreeMap<String, u64>, CommitError>, Duration, Option<Watermarks>) {
-        std::thread::scope(|s| {
-            let ahead = s.spawn(|| self.source.watermarks().ok());
-            let started = Instant::now();
-            let committed = self.committer.commit(output);
-            let took = started.elapsed();
-            (committed, took, ahead.join().ok().flatten())
-        })
-    }
-
-    /// Run the sink with retries. `None` when stopped while waiting to retry.
+    /// Step 3: run the sink with retries. `None` when stopped while waiting
+    /// to retry.
     fn run_sink(
-        &mut self,
+        &self,
         planned: &PlannedBatch,
         on_event: &mut impl FnMut(&Event),
     ) -> Result<Option<(crate::BatchOutput, u32, Duration)>, PipelineError> {
@@ -508,10 +596,8 @@ impl Pipeline {
             };
             let (outcome, error, kept_scratch) = (Outcome::Failed, Some(failure.error.to_string()), failure.kept_scratch.clone());
             self.note_attempt(&AttemptRecord { outcome, duration_ms, error, kept_scratch, ..record }.with_log(&failure.log));
-            self.metrics.sink_failures += 1;
             let retry = failure.error.retryable() && attempt < max_attempts;
             if !retry {
-                self.write_metrics();
                 return Err(PipelineError::BatchFailed {
                     batch_id: spec.batch_id,
                     attempts: attempt,
@@ -595,6 +681,47 @@ impl Pipeline {
         }
         false
     }
+}
+
+/// Steps 4–5 of the batch life, on the commit thread: one Delta
+/// transaction per table, then `commits/N`.
+fn commit_batch(committer: &DeltaCommitter, checkpoint: &Checkpoint, source: &KafkaSource, ran: Ran) -> Result<Done, PipelineError> {
+    let Ran { planned, output, attempts, started, check, sink } = ran;
+    let commit_started = Instant::now();
+    let versions = committer.commit(&output).map_err(|source| PipelineError::Commit { batch_id: planned.batch_id, source })?;
+    let commit = commit_started.elapsed();
+    crate::failpoint::hit("after-table-commits");
+    let report = BatchReport {
+        batch_id: planned.batch_id,
+        records: output.records_in,
+        bytes: output.record_bytes_in,
+        attempts,
+        already_committed: false,
+        check,
+        sink,
+        commit,
+        total: started.elapsed(),
+        table_versions: versions,
+        staged_rows: output.tables().into_iter().map(|t| (t.table, t.appended_rows + t.upserted_rows)).collect(),
+        output_digest: output.digest,
+    };
+    log_commit(checkpoint, source, &planned, report)
+}
+
+/// Step 5: write `commits/N`, then tell the consumer group (advisory).
+fn log_commit(checkpoint: &Checkpoint, source: &KafkaSource, planned: &PlannedBatch, report: BatchReport) -> Result<Done, PipelineError> {
+    let committed = CommittedBatch {
+        batch_id: report.batch_id,
+        output_digest: report.output_digest.clone(),
+        table_versions: report.table_versions.clone(),
+        records: report.records,
+        staged_rows: report.staged_rows.clone(),
+    };
+    checkpoint.record_committed(&committed)?;
+    if let Err(e) = source.commit_advisory(&planned.ranges) {
+        eprintln!("sluice: warning: {e} (lag tools may show stale offsets; sluice's own offsets are safe)");
+    }
+    Ok(Done { report, committed, ends: range_ends(&planned.ranges) })
 }
 
 /// The batch's records, marking the point where the sink is running (for

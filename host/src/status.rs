@@ -24,8 +24,8 @@ pub struct Status {
     pub running_pid: Option<u32>,
     /// The last committed batch.
     pub last_committed: Option<CommittedBatch>,
-    /// A planned batch not yet committed (in progress, or to be re-run).
-    pub pending: Option<PlannedBatch>,
+    /// Planned batches not yet committed (in progress, or to be re-run), oldest first.
+    pub pending: Vec<PlannedBatch>,
     /// Per partition: committed offset, high watermark, lag.
     pub partitions: Vec<PartitionStatus>,
     /// Per table: version and last batch, or why it could not be read.
@@ -65,7 +65,7 @@ impl Status {
     pub fn gather(config: &PipelineConfig) -> Self {
         let mut errors = Vec::new();
         let dir = &config.pipeline.checkpoint;
-        let (mut last_committed, mut pending, mut ends) = (None, None, Default::default());
+        let (mut last_committed, mut pending, mut ends) = (None, Vec::new(), Default::default());
         match Checkpoint::open_read_only(dir).and_then(|cp| {
             let resume = cp.resume()?;
             let ends = match &resume.last_committed {
@@ -145,8 +145,9 @@ impl fmt::Display for Status {
             Some(c) => writeln!(f, "  last committed batch: {} (output {})", c.batch_id, &c.output_digest[..c.output_digest.len().min(16)])?,
             None => writeln!(f, "  last committed batch: none")?,
         }
-        if let Some(p) = &self.pending {
-            writeln!(f, "  pending batch: {} (planned, not committed; the next run re-runs it as planned)", p.batch_id)?;
+        if !self.pending.is_empty() {
+            let ids: Vec<String> = self.pending.iter().map(|p| p.batch_id.to_string()).collect();
+            writeln!(f, "  pending batches: {} (planned, not committed; the next run re-runs them as planned)", ids.join(", "))?;
         }
         writeln!(f, "  partitions:")?;
         let show = |v: Option<i64>| v.map_or("?".to_owned(), |v| v.to_string());

@@ -17,7 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// The steps of a batch's life, in order; `:n` is the n-th time a run
 /// reaches it (`in-checkpoint-write:1` is the offsets file of the first
-/// batch, `:2` its commit-log file).
+/// batch; from then on batch N+1 is planned while N commits, so `:2` is the
+/// commit-log file of batch 0 or the offsets file of batch 1, whichever
+/// thread gets there first).
 const KILL_POINTS: [&str; 12] = [
     "after-offsets-log:1",
     "in-sink:1",
@@ -43,8 +45,8 @@ enum Outcome {
     Exited(i32),
 }
 
-/// Run `sluice run` once. With a failpoint, kill it when it gets there; with
-/// `kill_after`, kill it then (if it is still running).
+/// Run `sluice run` once. With failpoints, kill it when it gets to all of
+/// them; with `kill_after`, kill it then (if it is still running).
 fn run_once(config: &Path, failpoint: Option<&str>, kill_after: Option<Duration>) -> (Outcome, String) {
     let mut cmd = sluice(&["run", config.to_str().unwrap()]);
     if let Some(fp) = failpoint {
@@ -65,7 +67,9 @@ fn run_once(config: &Path, failpoint: Option<&str>, kill_after: Option<Duration>
         all
     });
     let wait = kill_after.unwrap_or(Duration::from_secs(120));
-    let outcome = match rx.recv_timeout(wait) {
+    // Several comma-separated points: kill once every one is reached.
+    let points = failpoint.map_or(1, |fp| fp.split(',').count());
+    let outcome = match (0..points).map(|_| rx.recv_timeout(wait)).find(Result::is_err).unwrap_or(Ok(())) {
         Ok(()) => {
             child.kill().unwrap();
             Outcome::KilledAt
@@ -153,4 +157,40 @@ fn kill_minus_9_at_every_step_and_at_random_then_every_id_is_in_every_table_exac
     batches.sort_unstable();
     batches.dedup();
     assert_eq!(batches, (0..30).collect::<Vec<_>>(), "every batch id 0..=29 holds rows");
+}
+
+/// Batch 1 is planned, and its sink runs, while batch 0 commits. Killed with
+/// batch 0 in one of its two tables and `offsets/1` written, a restart
+/// finishes batch 0 in the other table only, then batch 1 as planned.
+#[test]
+fn a_kill_while_the_next_batch_runs_ahead_of_a_commit_loses_and_repeats_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("events", 3);
+    let ids: Vec<String> = (0..120).map(|i| format!("id-{i:05}")).collect();
+    produce(&broker.bootstrap, "events", 3, &ids);
+    let dir = tempfile::tempdir().unwrap();
+    let config = fan_out_config(dir.path(), &broker.bootstrap, "events", 40, "");
+
+    // The commit thread stops between the tables of batch 0, the main
+    // thread right after writing the plan of batch 1.
+    let (outcome, stderr) = run_once(&config, Some("between-table-commits:1,after-offsets-log:2"), None);
+    assert_eq!(outcome, Outcome::KilledAt, "{stderr}");
+    let files: Vec<String> = checkpoint_files(dir.path()).into_keys().collect();
+    assert_eq!(files, ["offsets/0", "offsets/1"], "two batches planned, none logged as committed");
+    assert_eq!(read_delta(&dir.path().join("tables/events"), "fan-out").txn, Some(0), "batch 0 is in the first table");
+    assert_eq!(read_delta(&dir.path().join("tables/audit"), "fan-out").txn, None, "and not in the second");
+    let status = sluice(&["status", config.to_str().unwrap(), "--json"]).output().unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let pending: Vec<u64> = status["pending"].as_array().unwrap().iter().map(|p| p["batch_id"].as_u64().unwrap()).collect();
+    assert_eq!(pending, [0, 1]);
+
+    let (outcome, stderr) = run_once(&config, None, None);
+    assert_eq!(outcome, Outcome::Exited(0), "{stderr}");
+    for table in ["events", "audit"] {
+        let read = read_delta(&dir.path().join("tables").join(table), "fan-out");
+        let counts = read.counts("id");
+        assert!(counts.values().all(|&n| n == 1), "table {table}: ids not exactly once: {counts:?}");
+        assert_eq!(counts.into_keys().collect::<Vec<_>>(), ids, "table {table}: every id");
+        assert_eq!(read.txn, Some(2), "table {table}: batches 0..=2");
+    }
 }
