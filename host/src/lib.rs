@@ -50,6 +50,7 @@ pub mod limits;
 pub mod metrics;
 mod output;
 pub mod pipeline;
+mod read_ahead;
 mod records;
 pub mod reconcile;
 pub mod replay;

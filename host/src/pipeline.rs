@@ -22,6 +22,7 @@ use crate::commit::{CommitError, DeltaCommitter};
 use crate::config::{PipelineConfig, Trigger};
 use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::metrics::Metrics;
+use crate::read_ahead::ReadAhead;
 use crate::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
 use crate::runtime::{RuntimeBuilder, Sink};
 use crate::source::{KafkaSource, KafkaSourceError};
@@ -574,7 +575,7 @@ impl Pipeline {
             let record = AttemptRecord::started(spec.batch_id, attempt, now_ms());
             self.note_attempt(&record);
             let result = match self.source.fetch(&planned.ranges) {
-                Ok(fetch) => self.sink.run(&spec, attempt, Box::new(InSink(fetch))),
+                Ok(fetch) => self.sink.run(&spec, attempt, Box::new(ReadAhead::new(InSink(fetch)))),
                 Err(e) => Err(BatchFailure {
                     batch_id: spec.batch_id,
                     attempt,

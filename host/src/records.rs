@@ -278,6 +278,19 @@ impl ChunkBuilder {
         Some(chunk)
     }
 
+    /// An empty builder with the same ranges and bounds, for packing the
+    /// same batch elsewhere (see [`crate::read_ahead`]).
+    pub(crate) fn empty_like(&self) -> Self {
+        Self::new(self.ranges.clone(), self.max_records as u32, self.max_bytes as u32)
+    }
+
+    /// Put a chunk packed by a builder like this one in place of this
+    /// builder's empty chunk.
+    pub(crate) fn install(&mut self, chunk: RecordChunk) {
+        debug_assert!(self.chunk.offsets.is_empty(), "a chunk is installed only into an empty builder");
+        self.chunk = chunk;
+    }
+
     /// Records and payload bytes handed to the sink so far.
     pub(crate) fn delivered(&self) -> (u64, u64) {
         (self.delivered_records, self.delivered_bytes)
