@@ -42,7 +42,7 @@ demo: setup
 # with an independent reader (Python deltalake, $(PYTHON)), and runs the
 # Python, JavaScript and C sinks built into $(POLYGLOT).
 test: setup $(TANSU) $(READER_VENV)/.installed polyglot-guests
-	SLUICE_TANSU=$(TANSU) SLUICE_PYTHON=$(PYTHON) SLUICE_POLYGLOT_DIR=$(abspath $(POLYGLOT)) cargo test --release --locked
+	SLUICE_TANSU=$(TANSU) SLUICE_PYTHON=$(PYTHON) SLUICE_POLYGLOT_DIR=$(abspath $(POLYGLOT)) cargo test --release --locked -p sluice -p sluice-sdk
 
 # Benchmarks, printing figures (not run as tests).
 bench: setup

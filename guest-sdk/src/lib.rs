@@ -48,6 +48,7 @@
 
 mod batch;
 mod error;
+pub mod json;
 pub mod log;
 mod output;
 

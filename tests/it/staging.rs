@@ -2,7 +2,7 @@
 //! canonical; the example sinks stage what they promise.
 
 use crate::harness::*;
-use serde_json::json;
+use serde_json::{Value, json};
 use sluice::{BatchError, Limits, WriteMode};
 
 #[test]
@@ -57,6 +57,21 @@ fn append_events_appends_one_row_per_record() {
     assert_eq!(rows.len(), 3);
     assert_eq!(rows[2], json!({"topic":"t","partition":0,"offset":2,"timestamp_ms":1_700_000_000_002i64,"key":null,"value":"c"}));
     assert_eq!(out.tables()[0].appended_rows, 3);
+}
+
+#[test]
+fn append_events_writes_values_with_quotes_escapes_and_unicode_as_json_strings() {
+    let h = harness(Limits::default());
+    let values = [
+        "say \"hi\" \\ now\n",
+        "tab\there\u{1}, then more than eight bytes\u{1f}",
+        "héllo wörld ✓ ünïcode",
+        "",
+        "plain ascii, long enough to span several eight-byte words",
+    ];
+    let out = run(&h.load("append-events"), 1, &values).unwrap();
+    let got: Vec<Value> = rows(&out, "events").into_iter().map(|r| r["value"].clone()).collect();
+    assert_eq!(got, values.map(|v| json!(v)));
 }
 
 #[test]
