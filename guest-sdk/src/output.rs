@@ -84,6 +84,9 @@ impl Table {
     /// Stages the rows of `batch` to be merged on the `keys` columns, which
     /// must be present and hold no nulls; see
     /// [`append_arrow`](Self::append_arrow).
+    ///
+    /// Stage each key at most once per batch: unlike JSON rows, Arrow rows
+    /// are not yet reduced to the last row per key before the MERGE.
     #[cfg(feature = "arrow")]
     pub fn upsert_arrow(&self, keys: &[&str], batch: &arrow_array::RecordBatch) -> Result<(), StageError> {
         crate::arrow::stage(&self.name, WriteMode::Upsert(keys), batch)
