@@ -11,6 +11,7 @@
 //! | `handler.for-each-batch`     | [`export_sink!`] over `fn(Batch)`       |
 //! | `batch-info`, `record-stream`| [`Batch`], [`Chunk`], [`RecordRef`]    |
 //! | `output.stage`               | [`Table`], [`FileFormat`], [`StageError`] |
+//! | `output.stage` of Arrow IPC  | `Table::append_arrow`, `arrow` (feature `arrow`) |
 //! | `log.log`                    | [`log`]                                |
 //! | `sink-error`                 | [`SinkError`]                          |
 //!
@@ -46,6 +47,8 @@
 
 #![deny(missing_docs)]
 
+#[cfg(feature = "arrow")]
+pub mod arrow;
 mod batch;
 mod error;
 pub mod json;

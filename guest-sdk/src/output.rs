@@ -68,6 +68,30 @@ impl Table {
         )
     }
 
+    /// Stages the rows of `batch` to be appended, as an Arrow IPC stream:
+    /// the bulk form, with no per-row encoding or parsing. Its columns must
+    /// match the table's by name and type (`Utf8`, `Int64`, `Int32`,
+    /// `Float64`, `Boolean`), which the commit checks.
+    ///
+    /// The stream goes through a file under `/staging` that this call
+    /// creates (a name no other file has) and removes once the host has read
+    /// it, so it counts against `limits.staging_bytes`.
+    #[cfg(feature = "arrow")]
+    pub fn append_arrow(&self, batch: &arrow_array::RecordBatch) -> Result<(), StageError> {
+        crate::arrow::stage(&self.name, WriteMode::Append, batch)
+    }
+
+    /// Stages the rows of `batch` to be merged on the `keys` columns, which
+    /// must be present and hold no nulls; see
+    /// [`append_arrow`](Self::append_arrow).
+    ///
+    /// Stage each key at most once per batch: unlike JSON rows, Arrow rows
+    /// are not yet reduced to the last row per key before the MERGE.
+    #[cfg(feature = "arrow")]
+    pub fn upsert_arrow(&self, keys: &[&str], batch: &arrow_array::RecordBatch) -> Result<(), StageError> {
+        crate::arrow::stage(&self.name, WriteMode::Upsert(keys), batch)
+    }
+
     fn stage_json<I>(&self, mode: WriteMode<'_>, rows: I) -> Result<(), StageError>
     where
         I: IntoIterator,
@@ -114,10 +138,14 @@ pub enum StageError {
     /// The staged file could not be read from `/staging`.
     #[error("staged file: {0}")]
     File(String),
+    /// The SDK could not write the file it stages through (Arrow output):
+    /// nothing was staged.
+    #[error("writing to /staging: {0}")]
+    Io(String),
 }
 
 impl StageError {
-    fn from_wit(e: wit::StageError) -> Self {
+    pub(crate) fn from_wit(e: wit::StageError) -> Self {
         match e {
             wit::StageError::UnknownTable(m) => Self::UnknownTable(m),
             wit::StageError::InvalidRows(m) => Self::InvalidRows(m),

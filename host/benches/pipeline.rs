@@ -2,14 +2,16 @@
 //! or fails.
 //!
 //! 1. Throughput: N records of about 200 bytes (default 1M) through
-//!    Kafka (librdkafka's in-process mock cluster) → the `append-events`
-//!    sink → a Delta table, beside the two raw limits measured in the same
-//!    run on the same data: rdkafka consume-only, and deltalake write-only
-//!    of the same rows (target: end-to-end ≥ 70% of the lower limit).
+//!    Kafka (librdkafka's in-process mock cluster) → an append sink → a
+//!    Delta table, once with `append-events` (JSON rows) and once with
+//!    `append-events-arrow` (the same rows as Arrow IPC), beside the two raw
+//!    limits measured in the same run on the same data: rdkafka
+//!    consume-only, and deltalake write-only of the same rows (target:
+//!    end-to-end ≥ 70% of the lower limit).
 //! 2. Per-batch host overhead with the no-op sink: the time between two
 //!    batches' commits minus the Delta commit, which is reported on its own
 //!    (target ≤ 2 ms p50). The pipeline plans and runs batch N+1 while N
-//!    commits, so the host's own work per batch is printed too.
+//!    commits, so the fetch and sink time is printed too.
 //!
 //! `cargo bench --bench pipeline` (`SLUICE_BENCH_RECORDS` for a smoke run).
 
@@ -197,6 +199,36 @@ fuel = 1000000000000
     path
 }
 
+/// One sink's end-to-end run over the whole topic.
+struct EndToEnd {
+    total: Duration,
+    /// Fetch, Wasm and staging, summed over batches.
+    sink: Duration,
+    /// Delta commits, summed over batches.
+    commit: Duration,
+}
+
+/// `sluice run` (available now) of `component` over every record of the
+/// topic, with its own checkpoint and table under `dir`.
+fn end_to_end(dir: &Path, bootstrap: &str, component: &str, n: usize) -> EndToEnd {
+    std::fs::create_dir_all(dir).unwrap();
+    let cfg = PipelineConfig::load(&config(dir, bootstrap, component, BATCH_RECORDS)).unwrap();
+    let mut pipeline = Pipeline::open(cfg, "bench").unwrap();
+    let (mut sink, mut commit) = (Duration::ZERO, Duration::ZERO);
+    let start = Instant::now();
+    let summary = pipeline
+        .run(|e| {
+            if let Event::Committed(r) = e {
+                sink += r.sink;
+                commit += r.commit;
+            }
+        })
+        .unwrap();
+    let total = start.elapsed();
+    assert_eq!(summary.records as usize, n, "{component}: every record went through");
+    EndToEnd { total, sink, commit }
+}
+
 fn rate(n: usize, bytes: u64, d: Duration) -> String {
     let s = d.as_secs_f64();
     format!("{:>8.0} ms  {:>10.0} records/s  {:>7.1} MB/s", s * 1e3, n as f64 / s, bytes as f64 / s / 1e6)
@@ -230,30 +262,22 @@ fn main() {
     // 1. Throughput and its raw limits.
     let consume = consume_only(&bootstrap, n);
     let write = write_only(&work.path().join("raw"), arrow_rows(n));
-    let dir = work.path().join("e2e");
-    std::fs::create_dir_all(&dir).unwrap();
-    let cfg = PipelineConfig::load(&config(&dir, &bootstrap, "append_events", BATCH_RECORDS)).unwrap();
-    let mut pipeline = Pipeline::open(cfg, "bench").unwrap();
-    let (mut sink, mut commit) = (Duration::ZERO, Duration::ZERO);
-    let start = Instant::now();
-    let summary = pipeline
-        .run(|e| {
-            if let Event::Committed(r) = e {
-                sink += r.sink;
-                commit += r.commit;
-            }
-        })
-        .unwrap();
-    let e2e = start.elapsed();
-    drop(pipeline);
-    assert_eq!(summary.records as usize, n, "every record went through");
+    // Both sinks read the whole topic, each with its own checkpoint and table.
+    let e2e_sinks = [("JSON rows, append-events", "append_events"), ("Arrow IPC, append-events-arrow", "append_events_arrow")];
+    let runs: Vec<EndToEnd> =
+        e2e_sinks.iter().map(|(_, component)| end_to_end(&work.path().join(component), &bootstrap, component, n)).collect();
     println!("throughput (batches of {BATCH_RECORDS}):");
     println!("  rdkafka consume-only          {}", rate(n, bytes, consume));
     println!("  deltalake write-only (Arrow)  {}", rate(n, bytes, write));
-    println!("  sluice end to end             {}", rate(n, bytes, e2e));
-    println!("    of which sink (fetch + Wasm + staging) {}, Delta commit {}", ms(sink), ms(commit));
     let limit = consume.max(write);
-    println!("  end to end / lower raw limit: {:.2}× (target ≥ 0.70)", limit.as_secs_f64() / e2e.as_secs_f64());
+    println!("  sluice end to end:");
+    for ((name, _), run) in e2e_sinks.iter().zip(&runs) {
+        println!("    {name:<34}{}", rate(n, bytes, run.total));
+        println!("      of which sink (fetch + Wasm + staging) {}, Delta commit {}", ms(run.sink), ms(run.commit));
+    }
+    for ((name, _), run) in e2e_sinks.iter().zip(&runs) {
+        println!("  end to end / lower raw limit, {name}: {:.2}× (target ≥ 0.70)", limit.as_secs_f64() / run.total.as_secs_f64());
+    }
 
     // 2. Per-batch overhead with the no-op sink: small batches.
     let batches = if n >= 1_000_000 { 300 } else { 30 };

@@ -701,12 +701,11 @@ fn decode(rows: &StagedRows, schema: &SchemaRef) -> Result<Vec<RecordBatch>, Str
                 .map_err(|e| format!("rows do not fit the schema: {e}"))?;
             reader.collect::<Result<Vec<_>, _>>().map_err(|e| format!("rows do not fit the schema: {e}"))
         }
-        StagedRows::ArrowIpc(b) => {
-            let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(b), None)
-                .map_err(|e| format!("Arrow rows unreadable: {e}"))?;
+        // Decoded and validated when staged: only the columns are matched
+        // to the table here, which shares them rather than copying.
+        StagedRows::ArrowIpc(rows) => {
             let mut out = Vec::new();
-            for batch in reader {
-                let batch = batch.map_err(|e| format!("Arrow rows unreadable: {e}"))?;
+            for batch in rows.batches() {
                 let columns = schema
                     .fields()
                     .iter()

@@ -63,7 +63,7 @@ pub mod status;
 pub use batch_log::{Level, LogLine, LogSource};
 pub use error::{BatchError, BatchFailure, ErrorClass, LoadError, Result};
 pub use limits::{Limit, LimitExceeded, Limits};
-pub use output::{BatchOutput, FileFormat, StagedOp, StagedRows, TableSummary, Timings, WriteMode};
+pub use output::{ArrowRows, BatchOutput, FileFormat, StagedOp, StagedRows, TableSummary, Timings, WriteMode};
 pub use records::{BatchSpec, ChunkBuilder, Fill, OwnedRecord, RecordSource, SourceError, SourceRange, VecSource};
 pub use runtime::{Runtime, RuntimeBuilder, Sink};
 pub use scratch::ScratchRoot;

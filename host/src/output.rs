@@ -5,12 +5,16 @@
 //! so the output is a plain value: the commit stage applies it, and nothing
 //! here touches a table. JSON rows are re-encoded canonically (sorted keys,
 //! no whitespace), so sinks written in different languages that stage the
-//! same rows produce the same bytes and the same digest.
+//! same rows produce the same bytes and the same digest. Arrow IPC streams
+//! are kept as the sink wrote them and decoded once, here: the commit uses
+//! the decoded columns, which share the file's bytes.
 
 use crate::batch_log::LogLine;
 use crate::limits::{Budget, Limit, LimitExceeded, Limits};
 use crate::records::BatchSpec;
 use crate::runtime::bindings::sluice::sink::output as wit;
+use arrow_array::RecordBatch;
+use arrow_buffer::Buffer;
 use cap_std::fs::Dir;
 use serde::Serialize;
 use serde_json::Value;
@@ -48,9 +52,39 @@ pub enum FileFormat {
 pub enum StagedRows {
     /// Canonical JSON objects, one per line, each line ending in `\n`.
     JsonLines(Vec<u8>),
-    /// An Arrow IPC stream, as the sink wrote it.
-    ArrowIpc(Vec<u8>),
+    /// An Arrow IPC stream, as the sink wrote it, and its record batches.
+    ArrowIpc(ArrowRows),
 }
+
+/// An Arrow IPC stream as the sink wrote it, with its record batches,
+/// decoded (and validated: framing, offsets, UTF-8) once, when staged. The
+/// batches' columns point into the stream's bytes rather than copying them.
+#[derive(Debug, Clone)]
+pub struct ArrowRows {
+    bytes: Buffer,
+    batches: Vec<RecordBatch>,
+}
+
+impl ArrowRows {
+    /// The stream's bytes: what the digest covers.
+    pub fn bytes(&self) -> &[u8] {
+        self.bytes.as_slice()
+    }
+
+    /// The stream's record batches, in order.
+    pub fn batches(&self) -> &[RecordBatch] {
+        &self.batches
+    }
+}
+
+/// The batches are a function of the bytes.
+impl PartialEq for ArrowRows {
+    fn eq(&self, other: &Self) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for ArrowRows {}
 
 impl StagedRows {
     /// The format of these rows.
@@ -64,7 +98,8 @@ impl StagedRows {
     /// The encoded rows.
     pub fn bytes(&self) -> &[u8] {
         match self {
-            StagedRows::JsonLines(b) | StagedRows::ArrowIpc(b) => b,
+            StagedRows::JsonLines(b) => b,
+            StagedRows::ArrowIpc(a) => a.bytes(),
         }
     }
 }
@@ -369,24 +404,38 @@ fn check_ipc_framing(bytes: &[u8]) -> Result<(), String> {
 fn arrow_rows(bytes: Vec<u8>, keys: &[String], path: &str) -> Result<(StagedRows, u64), wit::StageError> {
     let invalid = |what: String| wit::StageError::InvalidRows(format!("{path}: {what}"));
     check_ipc_framing(&bytes).map_err(|e| invalid(format!("not an Arrow IPC stream: {e}")))?;
-    let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(&bytes), None)
-        .map_err(|e| invalid(format!("not an Arrow IPC stream: {e}")))?;
-    let schema = reader.schema();
+    // Decoded from a buffer that owns the bytes, so aligned columns are
+    // slices of it (misaligned ones are copied); validation stays on.
+    let bytes = Buffer::from_vec(bytes);
+    let mut rest = bytes.clone();
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut batches = Vec::new();
+    let corrupt = |decoder: &arrow_ipc::reader::StreamDecoder, e| {
+        let what = if decoder.schema().is_some() { "corrupt Arrow IPC stream" } else { "not an Arrow IPC stream" };
+        invalid(format!("{what}: {e}"))
+    };
+    loop {
+        match decoder.decode(&mut rest) {
+            Ok(Some(batch)) => batches.push(batch),
+            Ok(None) => break,
+            Err(e) => return Err(corrupt(&decoder, e)),
+        }
+    }
+    decoder.finish().map_err(|e| corrupt(&decoder, e))?;
+    let schema = decoder.schema().ok_or_else(|| invalid("not an Arrow IPC stream: no schema message".into()))?;
     if let Some(key) = keys.iter().find(|k| schema.field_with_name(k).is_err()) {
         return Err(invalid(format!("key column `{key}` is not in the Arrow schema")));
     }
-    let mut count = 0u64;
-    for batch in reader {
-        let batch = batch.map_err(|e| invalid(format!("corrupt Arrow IPC stream: {e}")))?;
+    for batch in &batches {
         for key in keys {
             let column = batch.column_by_name(key).expect("checked against the schema");
             if arrow_array::Array::null_count(column.as_ref()) > 0 {
                 return Err(invalid(format!("key column `{key}` has nulls")));
             }
         }
-        count += batch.num_rows() as u64;
     }
-    Ok((StagedRows::ArrowIpc(bytes), count))
+    let count = batches.iter().map(|b| b.num_rows() as u64).sum();
+    Ok((StagedRows::ArrowIpc(ArrowRows { bytes, batches }), count))
 }
 
 #[cfg(test)]

@@ -118,13 +118,10 @@ fn decode(rows: &StagedRows) -> Result<Vec<Value>, String> {
             .filter(|l| !l.is_empty())
             .map(|l| serde_json::from_slice(l).map_err(|e| format!("unreadable staged row: {e}")))
             .collect(),
-        StagedRows::ArrowIpc(b) => {
-            let reader = arrow_ipc::reader::StreamReader::try_new(std::io::Cursor::new(b), None)
-                .map_err(|e| format!("unreadable Arrow rows: {e}"))?;
+        StagedRows::ArrowIpc(rows) => {
             let mut writer = arrow_json::ArrayWriter::new(Vec::new());
-            for batch in reader {
-                let batch = batch.map_err(|e| format!("unreadable Arrow rows: {e}"))?;
-                writer.write(&batch).map_err(|e| format!("Arrow rows as JSON: {e}"))?;
+            for batch in rows.batches() {
+                writer.write(batch).map_err(|e| format!("Arrow rows as JSON: {e}"))?;
             }
             writer.finish().map_err(|e| format!("Arrow rows as JSON: {e}"))?;
             let bytes = writer.into_inner();

@@ -3,9 +3,9 @@
 //! before anything is written, and racing writers commit a batch once.
 
 use crate::harness::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use sluice::commit::{ColumnConfig, ColumnType, CommitError, DeltaCommitter, TableConfig};
-use sluice::{BatchOutput, Limits};
+use sluice::{BatchOutput, FileFormat, Limits, OwnedRecord, VecSource};
 use std::path::Path;
 
 pub fn col(name: &str, data_type: ColumnType) -> ColumnConfig {
@@ -180,4 +180,65 @@ fn a_committer_keeping_tables_open_sees_another_hosts_commit() {
     assert_eq!(ours.commit(&b1).unwrap()["events"], v1, "and the commit skips it");
     let rows = read_table(&dir.path().join("events"), "value");
     assert_eq!(rows.iter().map(|r| r["value"].as_str().unwrap()).collect::<Vec<_>>(), ["a", "b"]);
+}
+
+/// Records with what a row encoder can get wrong: a null key, a value that
+/// is not UTF-8, a null value, and text that JSON must escape.
+fn awkward_records() -> Vec<OwnedRecord> {
+    let record = |offset: i64, key: Option<&[u8]>, value: Option<&[u8]>| OwnedRecord {
+        topic: "events".into(),
+        partition: 3,
+        offset,
+        timestamp_ms: 1_700_000_000_000 + offset,
+        key: key.map(<[u8]>::to_vec),
+        value: value.map(<[u8]>::to_vec),
+        ..Default::default()
+    };
+    vec![
+        record(10, Some(b"k-1"), Some(br#"{"id":1}"#)),
+        record(11, None, Some(b"no key")),
+        record(12, Some(b"k-3"), Some(b"caf\xe9 \xff\xfe")),
+        record(13, Some(b"k-4"), None),
+        record(14, Some("\u{e9}\"\n\t\u{1}".as_bytes()), Some("\u{1f600} \\ \u{7f}".as_bytes())),
+    ]
+}
+
+#[test]
+fn the_arrow_sink_lands_the_same_rows_as_the_json_sink() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two records per chunk: the Arrow sink stages three files in one batch.
+    let h = harness(Limits { chunk_records: 2, ..Limits::default() });
+    let records = awkward_records();
+    let spec = spec("p", 0, &records);
+    let run = |sink: &str| h.load(sink).run(&spec, 1, Box::new(VecSource::new(records.clone()))).unwrap();
+
+    let arrow = run("append-events-arrow");
+    assert_eq!(arrow.ops.iter().map(|op| op.rows.format()).collect::<Vec<_>>(), [FileFormat::ArrowIpc; 3]);
+    assert_eq!(arrow.tables()[0].appended_rows, 5);
+    let again = run("append-events-arrow");
+    assert_eq!(again.digest, arrow.digest, "the same batch gives the same output digest");
+    assert_eq!(again.ops, arrow.ops);
+
+    let mut tables = Vec::new();
+    for (sink, output) in [("append-events", run("append-events")), ("append-events-arrow", arrow)] {
+        let table = events_table(&dir.path().join(sink));
+        let path = table.path.clone();
+        DeltaCommitter::new("p", vec![table]).unwrap().commit(&output).unwrap();
+        let mut back = read_delta(&path, "p");
+        assert_eq!(back.txn, Some(0), "{sink}");
+        back.rows.sort_by_key(|r| r["offset"].as_i64());
+        tables.push(back.rows);
+    }
+    assert_eq!(tables[1], tables[0], "the Arrow sink's table equals the JSON sink's");
+    let rows = &tables[1];
+    let column = |name: &str| rows.iter().map(|r| r[name].clone()).collect::<Vec<_>>();
+    assert_eq!(column("offset"), [10, 11, 12, 13, 14]);
+    assert_eq!(column("partition"), [3, 3, 3, 3, 3]);
+    assert_eq!(column("topic"), ["events"; 5]);
+    assert_eq!(column("key"), [json!("k-1"), Value::Null, json!("k-3"), json!("k-4"), json!("\u{e9}\"\n\t\u{1}")]);
+    assert_eq!(
+        column("value"),
+        [json!(r#"{"id":1}"#), json!("no key"), json!("caf\u{fffd} \u{fffd}\u{fffd}"), Value::Null, json!("\u{1f600} \\ \u{7f}")]
+    );
+    assert_eq!(rows[4]["timestamp_ms"], 1_700_000_000_014i64);
 }

@@ -14,7 +14,7 @@ const ORDERS: &[&str] = &[
 #[test]
 fn same_batch_same_digest_sequentially_and_concurrently() {
     let h = harness(Limits::default());
-    for guest in ["orders-upsert", "clock-and-random"] {
+    for guest in ["orders-upsert", "append-events-arrow", "clock-and-random"] {
         let sink = h.load(guest);
         let sequential: Vec<String> = (0..3).map(|_| run(&sink, 5, ORDERS).unwrap().digest).collect();
         let concurrent: Vec<String> = std::thread::scope(|s| {
@@ -26,7 +26,7 @@ fn same_batch_same_digest_sequentially_and_concurrently() {
         if guest == "clock-and-random" {
             assert_ne!(other_batch, sequential[0], "clock and random differ per batch id");
         } else {
-            assert_eq!(other_batch, sequential[0], "orders-upsert output depends only on the records");
+            assert_eq!(other_batch, sequential[0], "{guest}: the output depends only on the records");
         }
     }
 }
