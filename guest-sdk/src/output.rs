@@ -84,9 +84,8 @@ impl Table {
     /// Stages the rows of `batch` to be merged on the `keys` columns, which
     /// must be present and hold no nulls; see
     /// [`append_arrow`](Self::append_arrow).
-    ///
-    /// Stage each key at most once per batch: unlike JSON rows, Arrow rows
-    /// are not yet reduced to the last row per key before the MERGE.
+    /// As with JSON rows, the last row staged for a key in the batch wins,
+    /// across calls too.
     #[cfg(feature = "arrow")]
     pub fn upsert_arrow(&self, keys: &[&str], batch: &arrow_array::RecordBatch) -> Result<(), StageError> {
         crate::arrow::stage(&self.name, WriteMode::Upsert(keys), batch)

@@ -26,7 +26,7 @@ use deltalake::kernel::{DataType, PrimitiveType, StructField, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use url::Url;
@@ -627,37 +627,13 @@ fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> 
             if let Some(k) = keys.iter().find(|k| !t.columns.iter().any(|c| &c.name == *k)) {
                 return Err(schema_err(format!("upsert key `{k}` is not a column")));
             }
-            for op in ops {
-                let rows = match &op.rows {
-                    // Within a batch the last row for a key wins; MERGE wants
-                    // one source row per key.
-                    StagedRows::JsonLines(b) => StagedRows::JsonLines(last_per_key(b, keys)),
-                    other => other.clone(),
-                };
-                batches.extend(decode(&rows, &schema).map_err(schema_err)?);
+            let decoded = decode_all(ops, &schema).map_err(schema_err)?;
+            if !decoded.is_empty() {
+                batches.push(crate::last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?);
             }
             Ok(Prepared::Upsert { keys: keys.clone(), batches })
         }
     }
-}
-
-/// Keep the last row of each key, in first-seen key order.
-fn last_per_key(ndjson: &[u8], keys: &[String]) -> Vec<u8> {
-    let mut order: Vec<String> = Vec::new();
-    let mut last: HashMap<String, &[u8]> = HashMap::new();
-    for line in ndjson.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
-        let value: serde_json::Value = serde_json::from_slice(line).expect("staged rows are canonical JSON");
-        let key = keys.iter().map(|k| value[k].to_string()).collect::<Vec<_>>().join("\u{1f}");
-        if last.insert(key.clone(), line).is_none() {
-            order.push(key);
-        }
-    }
-    let mut out = Vec::with_capacity(ndjson.len());
-    for k in order {
-        out.extend_from_slice(last[&k]);
-        out.push(b'\n');
-    }
-    out
 }
 
 /// Every op's rows as Arrow record batches, in op order, decoded on up to

@@ -46,6 +46,7 @@ mod error;
 pub mod exec;
 pub mod export;
 mod failpoint;
+mod last_per_key;
 pub mod limits;
 pub mod metrics;
 mod output;

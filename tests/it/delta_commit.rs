@@ -5,7 +5,7 @@
 use crate::harness::*;
 use serde_json::{Value, json};
 use sluice::commit::{ColumnConfig, ColumnType, CommitError, DeltaCommitter, TableConfig};
-use sluice::{BatchOutput, FileFormat, Limits, OwnedRecord, VecSource};
+use sluice::{BatchOutput, FileFormat, Limits, OwnedRecord, StagedOp, StagedRows, VecSource};
 use std::path::Path;
 
 pub fn col(name: &str, data_type: ColumnType) -> ColumnConfig {
@@ -94,6 +94,29 @@ fn upserts_merge_on_the_key_and_a_repeated_commit_is_a_no_op() {
     assert_eq!(committer.commit(&b1).unwrap()["orders"], v1);
     assert_eq!(read_table(&dir.path().join("orders"), "order_id"), rows);
     assert_eq!(committer.committed_batches().unwrap()["orders"], Some(1));
+}
+
+/// The last staged row for a key wins across stage calls too, not only
+/// within one: MERGE sees one source row per key.
+#[test]
+fn an_upsert_staged_in_two_calls_keeps_the_last_row_of_each_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(Limits::default());
+    let committer = DeltaCommitter::new("pipeline-1", vec![orders_table(dir.path())]).unwrap();
+    committer.ensure_tables().unwrap();
+    committer.commit(&orders_batch(&h, 0, &[order("o-1", "new")])).unwrap();
+
+    let mut b1 = orders_batch(&h, 1, &[order("o-1", "paid"), order("o-2", "new")]);
+    let first = b1.ops[0].clone();
+    let StagedRows::JsonLines(lines) = &first.rows else { panic!("orders-upsert stages JSON lines") };
+    // A second call restaging o-1 (an existing key) and o-2 (a new one).
+    let later = String::from_utf8(lines.clone()).unwrap().replace("\"paid\"", "\"refunded\"").replace("\"new\"", "\"shipped\"");
+    b1.ops.push(StagedOp { rows: StagedRows::JsonLines(later.into_bytes()), ..first });
+    committer.commit(&b1).unwrap();
+
+    let rows = read_table(&dir.path().join("orders"), "order_id");
+    let statuses: Vec<(&str, &str)> = rows.iter().map(|r| (r["order_id"].as_str().unwrap(), r["status"].as_str().unwrap())).collect();
+    assert_eq!(statuses, [("o-1", "refunded"), ("o-2", "shipped")]);
 }
 
 #[test]
