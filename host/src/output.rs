@@ -18,11 +18,13 @@ use arrow_buffer::Buffer;
 use cap_std::fs::Dir;
 use serde::Serialize;
 use serde_json::Value;
-use sha2::{Digest as _, Sha256};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 mod canonical;
+mod digest;
+
+use digest::OutputDigest;
 
 /// How staged rows are applied to their table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -74,6 +76,11 @@ impl ArrowRows {
     /// The stream's record batches, in order.
     pub fn batches(&self) -> &[RecordBatch] {
         &self.batches
+    }
+
+    /// The stream's bytes, shared.
+    pub(crate) fn buffer(&self) -> &Buffer {
+        &self.bytes
     }
 }
 
@@ -187,35 +194,11 @@ impl BatchOutput {
     }
 }
 
-/// SHA-256 over the operations, each field length-prefixed so no two
-/// different outputs encode the same.
-pub(crate) fn digest(ops: &[StagedOp]) -> String {
-    fn field(h: &mut Sha256, bytes: &[u8]) {
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(bytes);
-    }
-    let mut h = Sha256::new();
-    h.update(b"sluice-output-v1\0");
-    for op in ops {
-        field(&mut h, op.table.as_bytes());
-        match &op.mode {
-            WriteMode::Append => h.update([0]),
-            WriteMode::Upsert { keys } => {
-                h.update([1]);
-                h.update((keys.len() as u64).to_be_bytes());
-                keys.iter().for_each(|k| field(&mut h, k.as_bytes()));
-            }
-        }
-        h.update([op.rows.format() as u8]);
-        field(&mut h, op.rows.bytes());
-    }
-    hex::encode(h.finalize())
-}
-
 /// Collects the `stage` calls of one batch, enforcing the output limits.
 pub(crate) struct OutputCollector {
     declared: Option<Arc<BTreeSet<String>>>,
     ops: Vec<StagedOp>,
+    digest: OutputDigest,
     rows: Budget,
     bytes: Budget,
 }
@@ -228,13 +211,15 @@ impl OutputCollector {
         Self {
             declared,
             ops: Vec::new(),
+            digest: OutputDigest::new(),
             rows: Budget::new(Limit::OutputRows, limits),
             bytes: Budget::new(Limit::OutputBytes, limits),
         }
     }
 
-    pub(crate) fn into_ops(self) -> Vec<StagedOp> {
-        self.ops
+    /// The staged operations, in order, and their digest.
+    pub(crate) fn finish(self) -> (Vec<StagedOp>, String) {
+        (self.ops, self.digest.finish())
     }
 
     /// One `stage` call. The outer error ends the batch (a limit); the inner
@@ -276,7 +261,9 @@ impl OutputCollector {
         };
         self.rows.charge(row_count)?;
         self.bytes.charge(rows.bytes().len() as u64)?;
-        self.ops.push(StagedOp { table, mode, rows, row_count });
+        let op = StagedOp { table, mode, rows, row_count };
+        self.digest.add(&op);
+        self.ops.push(op);
         Ok(Ok(()))
     }
 }
@@ -441,6 +428,7 @@ fn arrow_rows(bytes: Vec<u8>, keys: &[String], path: &str) -> Result<(StagedRows
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest as _, Sha256};
 
     fn rows(json: &[&str], keys: &[&str]) -> Result<(StagedRows, u64), wit::StageError> {
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
@@ -501,17 +489,49 @@ mod tests {
         assert!(msg(arrow_rows(truncated, &[], "a.arrow")).contains("-byte body but"));
     }
 
+    fn digest(ops: &[StagedOp]) -> String {
+        let mut d = OutputDigest::new();
+        ops.iter().for_each(|op| d.add(op));
+        d.finish()
+    }
+
+    fn op(table: &str, mode: WriteMode, rows: &[u8]) -> StagedOp {
+        StagedOp { table: table.into(), mode, rows: StagedRows::JsonLines(rows.to_vec()), row_count: 1 }
+    }
+
     #[test]
     fn digest_separates_fields() {
-        let op = |table: &str, mode: WriteMode, rows: &[u8]| StagedOp {
-            table: table.into(),
-            mode,
-            rows: StagedRows::JsonLines(rows.to_vec()),
-            row_count: 1,
-        };
         let a = digest(&[op("ab", WriteMode::Append, b"c")]);
         assert_eq!(a, digest(&[op("ab", WriteMode::Append, b"c")]));
         assert_ne!(a, digest(&[op("a", WriteMode::Append, b"bc")]));
         assert_ne!(a, digest(&[op("ab", WriteMode::Upsert { keys: vec!["k".into()] }, b"c")]));
+    }
+
+    /// Large operations are hashed on another thread: the digest is the
+    /// one of the format, computed here in one go.
+    #[test]
+    fn digest_is_the_same_when_hashed_in_the_background() {
+        let field = |h: &mut Sha256, b: &[u8]| {
+            h.update((b.len() as u64).to_be_bytes());
+            h.update(b);
+        };
+        let big = vec![b'x'; 3 << 20];
+        let ops = [
+            op("t", WriteMode::Append, b"small"),
+            op("t", WriteMode::Upsert { keys: vec!["id".into(), "k".into()] }, &big),
+            op("u", WriteMode::Append, b"after"),
+        ];
+        let mut h = Sha256::new();
+        h.update(b"sluice-output-v1\0");
+        for (o, mode) in ops.iter().zip([&[0u8][..], &[1, 0, 0, 0, 0, 0, 0, 0, 2], &[0]]) {
+            field(&mut h, o.table.as_bytes());
+            h.update(mode);
+            if let WriteMode::Upsert { keys } = &o.mode {
+                keys.iter().for_each(|k| field(&mut h, k.as_bytes()));
+            }
+            h.update([FileFormat::JsonLines as u8]);
+            field(&mut h, o.rows.bytes());
+        }
+        assert_eq!(digest(&ops), hex::encode(h.finalize()));
     }
 }

@@ -24,7 +24,7 @@ use crate::batch_log::{BatchLog, LogSource};
 use crate::determinism::{SeededRng, VirtualClock, batch_seed, insecure_seed};
 use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::limits::{Budget, Limit, LimitExceeded, Limits};
-use crate::output::{BatchOutput, OutputCollector, Timings, digest};
+use crate::output::{BatchOutput, OutputCollector, Timings};
 use crate::records::{BatchSpec, ChunkBuilder, RecordSource, SourceError};
 use crate::scratch::ScratchRoot;
 use bindings::sluice::sink::types;
@@ -197,10 +197,10 @@ impl Sink {
                 outcome.map(|()| {
                     let state = store.into_data();
                     let (records_in, record_bytes_in) = state.records.builder.delivered();
-                    let ops = state.output.into_ops();
+                    let (ops, digest) = state.output.finish();
                     BatchOutput {
                         batch: spec.clone(),
-                        digest: digest(&ops),
+                        digest,
                         ops,
                         log: log.lines(),
                         records_in,
