@@ -544,6 +544,9 @@ impl Pipeline {
     /// A batch's commit is logged: account for it and tell the caller.
     fn finish(&mut self, done: Done, summary: &mut RunSummary, on_event: &mut impl FnMut(&Event)) {
         let Done { report, committed, ends } = done;
+        if report.already_committed {
+            self.metrics.batches_skipped += 1;
+        }
         self.ends.extend(ends);
         self.last_committed = Some(committed);
         self.update_metrics(&report);

@@ -194,3 +194,33 @@ fn a_kill_while_the_next_batch_runs_ahead_of_a_commit_loses_and_repeats_nothing(
         assert_eq!(read.txn, Some(2), "table {table}: batches 0..=2");
     }
 }
+
+/// Killed after batch 0 is in every table but before `commits/0`: the
+/// restart finds it there (step 2), logs it without running the sink again,
+/// and counts it as skipped.
+#[test]
+fn a_batch_in_every_table_before_a_kill_is_logged_not_run_again() {
+    let broker = Broker::start();
+    broker.create_topic("events", 3);
+    let ids: Vec<String> = (0..120).map(|i| format!("id-{i:05}")).collect();
+    produce(&broker.bootstrap, "events", 3, &ids);
+    let dir = tempfile::tempdir().unwrap();
+    let config = fan_out_config(dir.path(), &broker.bootstrap, "events", 40, "");
+
+    let (outcome, stderr) = run_once(&config, Some("after-table-commits:1"), None);
+    assert_eq!(outcome, Outcome::KilledAt, "{stderr}");
+    assert!(!dir.path().join("checkpoint/commits/0").exists());
+    let (outcome, stderr) = run_once(&config, None, None);
+    assert_eq!(outcome, Outcome::Exited(0), "{stderr}");
+
+    let metrics = std::fs::read_to_string(dir.path().join("metrics.prom")).unwrap();
+    assert!(metrics.contains("sluice_batches_skipped_total{pipeline=\"fan-out\"} 1\n"), "{metrics}");
+    // Only batches 1 and 2 went through the sink in the second run.
+    assert!(metrics.contains("sluice_records_total{pipeline=\"fan-out\"} 80\n"), "{metrics}");
+    for table in ["events", "audit"] {
+        let read = read_delta(&dir.path().join("tables").join(table), "fan-out");
+        assert!(read.counts("id").values().all(|&n| n == 1), "table {table}: ids not exactly once");
+        assert_eq!(read.counts("id").len(), ids.len(), "table {table}: every id");
+        assert_eq!(read.txn, Some(2), "table {table}");
+    }
+}
