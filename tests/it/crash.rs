@@ -164,12 +164,7 @@ fn kill_minus_9_at_every_step_and_at_random_then_every_id_is_in_every_table_exac
 /// finishes batch 0 in the other table only, then batch 1 as planned.
 #[test]
 fn a_kill_while_the_next_batch_runs_ahead_of_a_commit_loses_and_repeats_nothing() {
-    let broker = Broker::start();
-    broker.create_topic("events", 3);
-    let ids: Vec<String> = (0..120).map(|i| format!("id-{i:05}")).collect();
-    produce(&broker.bootstrap, "events", 3, &ids);
-    let dir = tempfile::tempdir().unwrap();
-    let config = fan_out_config(dir.path(), &broker.bootstrap, "events", 40, "");
+    let (_broker, dir, config, ids) = three_batches();
 
     // The commit thread stops between the tables of batch 0, the main
     // thread right after writing the plan of batch 1.
@@ -186,13 +181,7 @@ fn a_kill_while_the_next_batch_runs_ahead_of_a_commit_loses_and_repeats_nothing(
 
     let (outcome, stderr) = run_once(&config, None, None);
     assert_eq!(outcome, Outcome::Exited(0), "{stderr}");
-    for table in ["events", "audit"] {
-        let read = read_delta(&dir.path().join("tables").join(table), "fan-out");
-        let counts = read.counts("id");
-        assert!(counts.values().all(|&n| n == 1), "table {table}: ids not exactly once: {counts:?}");
-        assert_eq!(counts.into_keys().collect::<Vec<_>>(), ids, "table {table}: every id");
-        assert_eq!(read.txn, Some(2), "table {table}: batches 0..=2");
-    }
+    assert_three_batches_exactly_once(dir.path(), &ids);
 }
 
 /// Killed after batch 0 is in every table but before `commits/0`: the
@@ -200,12 +189,7 @@ fn a_kill_while_the_next_batch_runs_ahead_of_a_commit_loses_and_repeats_nothing(
 /// and counts it as skipped.
 #[test]
 fn a_batch_in_every_table_before_a_kill_is_logged_not_run_again() {
-    let broker = Broker::start();
-    broker.create_topic("events", 3);
-    let ids: Vec<String> = (0..120).map(|i| format!("id-{i:05}")).collect();
-    produce(&broker.bootstrap, "events", 3, &ids);
-    let dir = tempfile::tempdir().unwrap();
-    let config = fan_out_config(dir.path(), &broker.bootstrap, "events", 40, "");
+    let (_broker, dir, config, ids) = three_batches();
 
     let (outcome, stderr) = run_once(&config, Some("after-table-commits:1"), None);
     assert_eq!(outcome, Outcome::KilledAt, "{stderr}");
@@ -217,10 +201,28 @@ fn a_batch_in_every_table_before_a_kill_is_logged_not_run_again() {
     assert!(metrics.contains("sluice_batches_skipped_total{pipeline=\"fan-out\"} 1\n"), "{metrics}");
     // Only batches 1 and 2 went through the sink in the second run.
     assert!(metrics.contains("sluice_records_total{pipeline=\"fan-out\"} 80\n"), "{metrics}");
+    assert_three_batches_exactly_once(dir.path(), &ids);
+}
+
+/// 120 records with unique ids on a real broker, and a `fan-out` pipeline
+/// reading them in three batches of 40.
+fn three_batches() -> (Broker, tempfile::TempDir, std::path::PathBuf, Vec<String>) {
+    let broker = Broker::start();
+    broker.create_topic("events", 3);
+    let ids: Vec<String> = (0..120).map(|i| format!("id-{i:05}")).collect();
+    produce(&broker.bootstrap, "events", 3, &ids);
+    let dir = tempfile::tempdir().unwrap();
+    let config = fan_out_config(dir.path(), &broker.bootstrap, "events", 40, "");
+    (broker, dir, config, ids)
+}
+
+/// Every id once in both tables, and both at batch 2.
+fn assert_three_batches_exactly_once(dir: &Path, ids: &[String]) {
     for table in ["events", "audit"] {
-        let read = read_delta(&dir.path().join("tables").join(table), "fan-out");
-        assert!(read.counts("id").values().all(|&n| n == 1), "table {table}: ids not exactly once");
-        assert_eq!(read.counts("id").len(), ids.len(), "table {table}: every id");
-        assert_eq!(read.txn, Some(2), "table {table}");
+        let read = read_delta(&dir.join("tables").join(table), "fan-out");
+        let counts = read.counts("id");
+        assert!(counts.values().all(|&n| n == 1), "table {table}: ids not exactly once: {counts:?}");
+        assert_eq!(counts.into_keys().collect::<Vec<_>>(), ids, "table {table}: every id");
+        assert_eq!(read.txn, Some(2), "table {table}: batches 0..=2");
     }
 }
