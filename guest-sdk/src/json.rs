@@ -26,9 +26,13 @@ pub fn push_str(out: &mut String, text: &str) {
     let (mut copied, mut i) = (0, 0);
     while i < bytes.len() {
         if let Some(word) = bytes.get(i..i + 8) {
-            if !needs_escape(u64::from_le_bytes(word.try_into().expect("8 bytes"))) {
-                i += 8;
-                continue;
+            match escape_mask(u64::from_le_bytes(word.try_into().expect("8 bytes"))) {
+                0 => {
+                    i += 8;
+                    continue;
+                }
+                // Straight to the first byte that needs escaping.
+                mask => i += (mask.trailing_zeros() / 8) as usize,
             }
         }
         let escape = match bytes[i] {
@@ -84,16 +88,19 @@ const fn splat(byte: u8) -> u64 {
     u64::from_ne_bytes([byte; 8])
 }
 
-/// Whether any byte of `word` is below `n` (n ≤ 128). Exact: the lowest such
-/// byte borrows from nothing below it, and no byte ≥ n sets its high bit in
-/// both the difference and the complement.
-fn has_byte_below(word: u64, n: u8) -> bool {
-    word.wrapping_sub(splat(n)) & !word & splat(0x80) != 0
+/// The high bit of each byte of `word` below `n` (n ≤ 128). The lowest set
+/// bit is exact: the first such byte borrows from nothing below it, and a
+/// byte ≥ n never has its high bit set in both the difference and the
+/// complement. Bits above it may be spurious (a borrow), which only costs
+/// a look at a byte that needs no escape.
+fn bytes_below(word: u64, n: u8) -> u64 {
+    word.wrapping_sub(splat(n)) & !word & splat(0x80)
 }
 
-/// Whether any byte of `word` must be escaped: a control character, `"` or `\`.
-fn needs_escape(word: u64) -> bool {
-    has_byte_below(word, 0x20) || has_byte_below(word ^ splat(b'"'), 1) || has_byte_below(word ^ splat(b'\\'), 1)
+/// Marks the bytes of `word` that must be escaped (a control character, `"`
+/// or `\`); zero if none.
+fn escape_mask(word: u64) -> u64 {
+    bytes_below(word, 0x20) | bytes_below(word ^ splat(b'"'), 1) | bytes_below(word ^ splat(b'\\'), 1)
 }
 
 #[cfg(test)]
