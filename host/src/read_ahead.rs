@@ -30,10 +30,9 @@ impl<S: RecordSource + 'static> ReadAhead<S> {
     /// one packed chunk waits for the sink, so memory stays bounded by two
     /// chunks. When the sink stops early, the next send fails and the thread
     /// ends.
-    fn start(&mut self, source: S, like: &ChunkBuilder) -> Result<Receiver<Packed>, SourceError> {
+    fn start(mut source: S, like: &ChunkBuilder) -> Result<Receiver<Packed>, SourceError> {
         let mut builder = like.empty_like();
         let (tx, rx) = sync_channel(1);
-        let mut source = source;
         std::thread::Builder::new()
             .name("sluice-read-ahead".into())
             .spawn(move || {
@@ -53,7 +52,7 @@ impl<S: RecordSource + 'static> ReadAhead<S> {
 impl<S: RecordSource + 'static> RecordSource for ReadAhead<S> {
     fn fill(&mut self, chunk: &mut ChunkBuilder) -> Result<Fill, SourceError> {
         if let Some(source) = self.source.take() {
-            self.chunks = Some(self.start(source, chunk)?);
+            self.chunks = Some(Self::start(source, chunk)?);
         }
         let chunks = self.chunks.as_ref().expect("started above");
         // A closed channel before `Done`: the source panicked on the thread.
