@@ -84,6 +84,7 @@ impl Table {
     /// Stages the rows of `batch` to be merged on the `keys` columns, which
     /// must be present and hold no nulls; see
     /// [`append_arrow`](Self::append_arrow).
+    ///
     /// As with JSON rows, the last row staged for a key in the batch wins,
     /// across calls too.
     #[cfg(feature = "arrow")]
