@@ -221,11 +221,10 @@ enum Next {
     Ran(Box<Ran>),
     /// Found committed before a crash and logged now; the sink was not run.
     Found(Box<Done>),
-    /// Nothing new to read yet (continuous trigger): plan again when due.
+    /// Nothing to run now: nothing new to read yet (continuous trigger),
+    /// the next batch is not due, or batches of an earlier run wait to be
+    /// re-run one at a time. Look again on the next turn.
     Idle,
-    /// Not looked for: the next batch is not due, or batches of an earlier
-    /// run wait to be re-run one at a time.
-    Later,
     /// Everything available when the run started is planned (`available_now`).
     CaughtUp,
     /// A stop was requested.
@@ -339,7 +338,7 @@ impl Pipeline {
                 });
                 let next = match run_next {
                     true => self.next_batch(recovered, until.as_ref(), &mut last_start, &mut on_event),
-                    false => Ok(Next::Later),
+                    false => Ok(Next::Idle),
                 };
                 let done = commit.map(|h| h.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic)));
                 (done, next)
@@ -354,7 +353,7 @@ impl Pipeline {
                     ran = Some(r);
                 }
                 Ok(Next::Found(done)) => self.finish(*done, &mut summary, &mut on_event),
-                Ok(Next::Idle | Next::Later) => {}
+                Ok(Next::Idle) => {}
                 Ok(Next::CaughtUp) => {
                     summary.stopped = Stopped::CaughtUp;
                     return Ok(summary);

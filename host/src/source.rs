@@ -138,15 +138,6 @@ impl KafkaSourceError {
     }
 }
 
-/// The (low, high) watermarks of every partition at one moment. Planning
-/// from a snapshot a little older than the plan is as correct as planning
-/// from one read just then: ranges stay below the high watermarks (which
-/// only grow), and a start that retention deletes after the snapshot fails
-/// the fetch (`auto.offset.reset = error`), just as one deleted between a
-/// plan and its fetch does.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Watermarks(BTreeMap<Partition, (i64, i64)>);
-
 /// A connected source: the consumer and the partitions of the topics.
 pub struct KafkaSource {
     config: SourceConfig,
@@ -239,21 +230,9 @@ impl KafkaSource {
         max_records: u64,
         until: Option<&BTreeMap<(String, i32), i64>>,
     ) -> Result<Vec<SourceRange>, KafkaSourceError> {
-        self.plan_from(self.watermarks()?, previous_ends, max_records, until)
-    }
-
-    /// Like [`plan_up_to`](Self::plan_up_to), from watermarks read before
-    /// (by [`watermarks`](Self::watermarks)).
-    pub fn plan_from(
-        &self,
-        watermarks: Watermarks,
-        previous_ends: &BTreeMap<(String, i32), i64>,
-        max_records: u64,
-        until: Option<&BTreeMap<(String, i32), i64>>,
-    ) -> Result<Vec<SourceRange>, KafkaSourceError> {
         let mut spans = Vec::with_capacity(self.partitions.len());
         let mut highs = BTreeMap::new();
-        let all = watermarks.0;
+        let all = self.all_watermarks()?;
         for (topic, partition) in &self.partitions {
             let (low, high) = all[&(topic.clone(), *partition)];
             highs.insert((topic.clone(), *partition), high);
@@ -291,11 +270,6 @@ impl KafkaSource {
     /// The high watermark of every partition.
     pub fn high_watermarks(&self) -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
         Ok(self.all_watermarks()?.into_iter().map(|(k, (_, high))| (k, high)).collect())
-    }
-
-    /// A snapshot of every partition's watermarks, to plan from later.
-    pub fn watermarks(&self) -> Result<Watermarks, KafkaSourceError> {
-        self.all_watermarks().map(Watermarks)
     }
 
     /// The (low, high) watermarks of every partition, in two ListOffsets
