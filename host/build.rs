@@ -16,7 +16,13 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("set by cargo"));
     // OUT_DIR is <target>/<profile>/build/<pkg>-<hash>/out: put the guests
     // beside the profiles so every profile and test binary shares them.
-    let target_dir = out_dir.ancestors().nth(4).expect("OUT_DIR has the usual shape").join("guests");
+    // SLUICE_GUEST_TARGET_DIR moves them elsewhere: two checkouts that share
+    // one target directory (worktrees) must not overwrite each other's guests.
+    println!("cargo:rerun-if-env-changed=SLUICE_GUEST_TARGET_DIR");
+    let target_dir = match std::env::var_os("SLUICE_GUEST_TARGET_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => out_dir.ancestors().nth(4).expect("OUT_DIR has the usual shape").join("guests"),
+    };
 
     for dir in ["wit", "guest-sdk", "examples", "tests/guests"] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());

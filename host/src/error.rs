@@ -4,9 +4,9 @@
 //! the sink's fault (user), the outside world's (external: Kafka, disk), or a
 //! sluice bug (internal); and whether a retry with a fresh instance can help.
 
-use crate::batch_log::LogLine;
+use crate::sandbox::batch_log::LogLine;
 use crate::limits::{Limit, LimitExceeded};
-use crate::records::SourceError;
+use crate::source::records::SourceError;
 use std::path::PathBuf;
 
 /// The result type of this crate.

@@ -7,7 +7,7 @@
 //! strays outside them fails the batch instead of feeding the sink records
 //! that belong to another batch.
 
-use crate::runtime::bindings::sluice::sink::types::RecordChunk;
+use crate::sandbox::bindings::sluice::sink::types::RecordChunk;
 use serde::{Deserialize, Serialize};
 
 /// A half-open range `[start, end)` of offsets of one topic partition.
@@ -279,7 +279,7 @@ impl ChunkBuilder {
     }
 
     /// An empty builder with the same ranges and bounds, for packing the
-    /// same batch elsewhere (see [`crate::read_ahead`]).
+    /// same batch elsewhere (see [`crate::source::read_ahead`]).
     pub(crate) fn empty_like(&self) -> Self {
         Self::new(self.ranges.clone(), self.max_records as u32, self.max_bytes as u32)
     }

@@ -21,7 +21,7 @@
 use crate::checkpoint::{Checkpoint, CheckpointError, PlannedBatch};
 use crate::commit::{CommitError, DeltaCommitter, TableLog};
 use crate::config::PipelineConfig;
-use crate::records::count_all;
+use crate::source::records::count_all;
 use crate::source::KafkaSource;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -513,7 +513,7 @@ mod tests {
         let plan = |n: u64, start: i64, end: i64| PlannedBatch {
             batch_id: n,
             planned_timestamp_ms: 0,
-            ranges: vec![crate::records::SourceRange { topic: "o".into(), partition: 0, start, end }],
+            ranges: vec![crate::source::records::SourceRange { topic: "o".into(), partition: 0, start, end }],
             component_digest: String::new(),
             config_digest: String::new(),
         };

@@ -16,15 +16,17 @@
 //! makes a half-committed batch safe to finish is determinism: the re-run
 //! produces the same output, and tables already at ≥ N are skipped.
 
-use crate::attempt_log::{self, AttemptRecord, Outcome};
+pub mod metrics;
+
+use crate::checkpoint::attempt_log::{self, AttemptRecord, Outcome};
 use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, PlannedBatch};
 use crate::commit::{CommitError, DeltaCommitter};
 use crate::config::{PipelineConfig, Trigger};
 use crate::error::{BatchError, BatchFailure, LoadError};
-use crate::metrics::Metrics;
-use crate::read_ahead::ReadAhead;
-use crate::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
-use crate::runtime::{RuntimeBuilder, Sink};
+use crate::pipeline::metrics::Metrics;
+use crate::source::read_ahead::ReadAhead;
+use crate::source::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
+use crate::sandbox::{RuntimeBuilder, Sink};
 use crate::source::{KafkaSource, KafkaSourceError};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;

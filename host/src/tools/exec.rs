@@ -15,7 +15,7 @@
 //! binary data.
 
 use crate::output::{BatchOutput, StagedRows, TableSummary, WriteMode};
-use crate::records::OwnedRecord;
+use crate::source::records::OwnedRecord;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

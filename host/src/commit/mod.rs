@@ -18,6 +18,8 @@
 //!   version is read from the log only when the table moved past what this
 //!   committer wrote or last read.
 
+mod last_per_key;
+
 use crate::output::{BatchOutput, StagedOp, StagedRows, WriteMode};
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
@@ -629,7 +631,7 @@ fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> 
             }
             let decoded = decode_all(ops, &schema).map_err(schema_err)?;
             if !decoded.is_empty() {
-                batches.push(crate::last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?);
+                batches.push(crate::commit::last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?);
             }
             Ok(Prepared::Upsert { keys: keys.clone(), batches })
         }

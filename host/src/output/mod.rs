@@ -9,10 +9,10 @@
 //! are kept as the sink wrote them and decoded once, here: the commit uses
 //! the decoded columns, which share the file's bytes.
 
-use crate::batch_log::LogLine;
+use crate::sandbox::batch_log::LogLine;
 use crate::limits::{Budget, Limit, LimitExceeded, Limits};
-use crate::records::BatchSpec;
-use crate::runtime::bindings::sluice::sink::output as wit;
+use crate::source::records::BatchSpec;
+use crate::sandbox::bindings::sluice::sink::output as wit;
 use arrow_array::RecordBatch;
 use arrow_buffer::Buffer;
 use cap_std::fs::Dir;

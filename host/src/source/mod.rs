@@ -21,7 +21,10 @@
 //!                  ─► drain queues in plan order ─► chunk ─► … ─► every range complete
 //! ```
 
-use crate::records::{ChunkBuilder, Fill, OwnedRecord, RecordSource, SourceError, SourceRange};
+pub(crate) mod read_ahead;
+pub(crate) mod records;
+
+use crate::source::records::{ChunkBuilder, Fill, OwnedRecord, RecordSource, SourceError, SourceRange};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
 use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};

@@ -12,16 +12,16 @@
 //! (kept in the checkpoint's `components/`, or in the bundle) and trusted
 //! only if it reproduces the committed digest bit for bit.
 
-use crate::bundle::{Bundle, BundleError};
+use crate::tools::bundle::{Bundle, BundleError};
 use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch};
 use crate::commit::TableConfig;
 use crate::config::PipelineConfig;
 use crate::error::LoadError;
 use crate::limits::Limits;
 use crate::output::{BatchOutput, TableSummary};
-use crate::records::{BatchSpec, OwnedRecord, SourceError, VecSource, read_all};
-use crate::row_diff::{self, TableDiff};
-use crate::runtime::{Runtime, RuntimeBuilder, Sink};
+use crate::source::records::{BatchSpec, OwnedRecord, SourceError, VecSource, read_all};
+use crate::tools::row_diff::{self, TableDiff};
+use crate::sandbox::{Runtime, RuntimeBuilder, Sink};
 use crate::source::{KafkaSource, KafkaSourceError};
 use serde::Serialize;
 use std::fmt;

@@ -6,8 +6,8 @@
 //! builder, one after another, so what the sink sees does not depend on
 //! timing: the same records in the same chunks as without read-ahead.
 
-use crate::records::{ChunkBuilder, Fill, RecordSource, SourceError};
-use crate::runtime::bindings::sluice::sink::types::RecordChunk;
+use crate::source::records::{ChunkBuilder, Fill, RecordSource, SourceError};
+use crate::sandbox::bindings::sluice::sink::types::RecordChunk;
 use std::sync::mpsc::{Receiver, sync_channel};
 
 type Packed = Result<(Option<RecordChunk>, Fill), SourceError>;
@@ -67,7 +67,7 @@ impl<S: RecordSource + 'static> RecordSource for ReadAhead<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{BatchSpec, OwnedRecord, VecSource, read_all};
+    use crate::source::records::{BatchSpec, OwnedRecord, VecSource, read_all};
 
     fn records(n: i64) -> Vec<OwnedRecord> {
         (0..n)

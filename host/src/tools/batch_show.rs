@@ -1,7 +1,7 @@
 //! `sluice batch show`: everything recorded about one batch: its plan, its
 //! commit, and each attempt with its error and the sink's log.
 
-use crate::attempt_log::{self, AttemptRecord, Outcome};
+use crate::checkpoint::attempt_log::{self, AttemptRecord, Outcome};
 use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, PlannedBatch};
 use crate::config::PipelineConfig;
 use serde::Serialize;
@@ -83,7 +83,7 @@ impl fmt::Display for BatchInfo {
             }
             for line in &a.log {
                 let mut text = String::new();
-                crate::exec::write_log_line(&mut text, line)?;
+                crate::tools::exec::write_log_line(&mut text, line)?;
                 write!(f, "  {text}")?;
             }
         }

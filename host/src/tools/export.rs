@@ -1,11 +1,11 @@
 //! `sluice batch export`: write one committed (or planned) batch to a
 //! bundle, while its records are still in Kafka.
 
-use crate::bundle::{Bundle, Manifest};
+use crate::tools::bundle::{Bundle, Manifest};
 use crate::checkpoint::Checkpoint;
 use crate::config::PipelineConfig;
-use crate::records::BatchSpec;
-use crate::replay::{ReplayError, fetch_records};
+use crate::source::records::BatchSpec;
+use crate::tools::replay::{ReplayError, fetch_records};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 

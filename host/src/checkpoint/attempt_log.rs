@@ -13,7 +13,7 @@
 //! [`MAX_LINE_BYTES`], and the attempts of at least the last [`KEEP_BATCHES`]
 //! batches.
 
-use crate::batch_log::LogLine;
+use crate::sandbox::batch_log::LogLine;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -161,7 +161,7 @@ pub fn read(checkpoint: &Path, batch_id: u64) -> Vec<Result<AttemptRecord, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch_log::{Level, LogSource};
+    use crate::sandbox::batch_log::{Level, LogSource};
 
     fn line(message: String) -> LogLine {
         LogLine { level: Level::Info, source: LogSource::Sink, message, fields: Vec::new() }

@@ -14,19 +14,22 @@
 //!                                                   └─ err ─► typed error, keep /staging
 //! ```
 
+pub(crate) mod batch_log;
 pub(crate) mod bindings;
+pub(crate) mod determinism;
 mod engine;
+pub(crate) mod scratch;
 pub(crate) mod state;
 mod staging_quota;
 mod stdio;
 
-use crate::batch_log::{BatchLog, LogSource};
-use crate::determinism::{SeededRng, VirtualClock, batch_seed, insecure_seed};
+use crate::sandbox::batch_log::{BatchLog, LogSource};
+use crate::sandbox::determinism::{SeededRng, VirtualClock, batch_seed, insecure_seed};
 use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::limits::{Budget, Limit, LimitExceeded, Limits};
 use crate::output::{BatchOutput, OutputCollector, Timings};
-use crate::records::{BatchSpec, ChunkBuilder, RecordSource, SourceError};
-use crate::scratch::ScratchRoot;
+use crate::source::records::{BatchSpec, ChunkBuilder, RecordSource, SourceError};
+use crate::sandbox::scratch::ScratchRoot;
 use bindings::sluice::sink::types;
 use engine::{EPOCH_TICK, SinkEngine};
 use state::{BatchState, MemoryLimiter, RecordCursor, RecordStream};

@@ -27,7 +27,9 @@
 //! The layout is one small file per key, so an object store with
 //! put-if-absent can replace the directory later.
 
-use crate::records::SourceRange;
+pub mod attempt_log;
+
+use crate::source::records::SourceRange;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};

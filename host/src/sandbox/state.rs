@@ -2,10 +2,10 @@
 //! interfaces: record delivery, output staging, logging, memory limits.
 
 use super::bindings::sluice::sink::{log, output, records, types};
-use crate::batch_log::{BatchLog, Level, LogLine, LogSource};
+use crate::sandbox::batch_log::{BatchLog, Level, LogLine, LogSource};
 use crate::limits::{Budget, Limit, LimitExceeded};
 use crate::output::OutputCollector;
-use crate::records::{ChunkBuilder, Fill, RecordSource};
+use crate::source::records::{ChunkBuilder, Fill, RecordSource};
 use cap_std::fs::Dir;
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};

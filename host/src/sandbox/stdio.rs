@@ -3,7 +3,7 @@
 //! A write that passes the log caps traps with the typed limit error, so a
 //! sink printing in a loop ends within `limits.log_bytes`.
 
-use crate::batch_log::{BatchLog, LogSource};
+use crate::sandbox::batch_log::{BatchLog, LogSource};
 use bytes::Bytes;
 use std::pin::Pin;
 use std::task::{Context, Poll};

@@ -3,13 +3,13 @@
 
 use anyhow::{Context as _, Result, bail};
 use clap::{Parser, Subcommand};
-use sluice::exec::{ExecReport, read_records, write_log_line};
+use sluice::tools::exec::{ExecReport, read_records, write_log_line};
 use sluice::config::PipelineConfig;
-use sluice::demo::DemoOptions;
+use sluice::tools::demo::DemoOptions;
 use sluice::pipeline::{BatchReport, Event, Pipeline, Stopped};
-use sluice::reconcile::ReconcileOptions;
-use sluice::replay::ReplayOptions;
-use sluice::status::Status;
+use sluice::tools::reconcile::ReconcileOptions;
+use sluice::tools::replay::ReplayOptions;
+use sluice::tools::status::Status;
 use sluice::{BatchSpec, Limits, RuntimeBuilder, VecSource};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -311,7 +311,7 @@ fn replay(args: ReplayArgs) -> Result<ExitCode> {
         max_diff_rows: args.max_rows,
         cache_dir: Some(default_cache_dir()),
     };
-    let report = sluice::replay::replay(config.as_ref(), &options)?;
+    let report = sluice::tools::replay::replay(config.as_ref(), &options)?;
     print_report(&report, args.json)?;
     Ok(if report.identical { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
@@ -327,7 +327,7 @@ fn print_report(report: &(impl serde::Serialize + std::fmt::Display), json: bool
 
 fn batch_show(args: BatchShowArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
-    let Some(info) = sluice::batch_show::show(&config, args.batch)? else {
+    let Some(info) = sluice::tools::batch_show::show(&config, args.batch)? else {
         bail!("batch {} is not in the checkpoint's offset log: it was never planned", args.batch);
     };
     print_report(&info, args.json)?;
@@ -336,7 +336,7 @@ fn batch_show(args: BatchShowArgs) -> Result<ExitCode> {
 
 fn batch_export(args: BatchExportArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
-    let m = sluice::export::export(&config, args.batch, &args.output, !args.without_component)?;
+    let m = sluice::tools::export::export(&config, args.batch, &args.output, !args.without_component)?;
     let committed = m.committed.as_ref().map_or("not committed".to_owned(), |c| format!("committed output {}", &c.output_digest[..16]));
     let component = if m.component.is_some() { "with its component" } else { "without its component" };
     println!(
@@ -355,7 +355,7 @@ fn batch_export(args: BatchExportArgs) -> Result<ExitCode> {
 fn reconcile(args: ReconcileArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
     let options = ReconcileOptions { last: args.last, skip_source: args.skip_source };
-    let report = sluice::reconcile::reconcile(&config, &options)?;
+    let report = sluice::tools::reconcile::reconcile(&config, &options)?;
     print_report(&report, args.json)?;
     Ok(if report.clean() {
         ExitCode::SUCCESS
@@ -380,9 +380,9 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         component,
     };
     println!("sluice demo: {} order records for {} orders on an embedded Kafka (3 partitions)", options.records, options.orders);
-    let summary = match sluice::demo::run(&options, |e| report_event(e, "  ")) {
+    let summary = match sluice::tools::demo::run(&options, |e| report_event(e, "  ")) {
         Ok(s) => s,
-        Err(sluice::demo::DemoError::Pipeline(e)) => return Ok(failed(&e)),
+        Err(sluice::tools::demo::DemoError::Pipeline(e)) => return Ok(failed(&e)),
         Err(e) => return Err(e.into()),
     };
     let version = summary.run.table_versions.get("orders").map_or("?".to_owned(), |v| v.to_string());

@@ -19,7 +19,7 @@
 use crate::checkpoint::CommittedBatch;
 use crate::commit::TableConfig;
 use crate::limits::Limits;
-use crate::records::{BatchSpec, OwnedRecord};
+use crate::source::records::{BatchSpec, OwnedRecord};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -283,7 +283,7 @@ fn decode_records(section: &[u8]) -> Result<Vec<OwnedRecord>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::SourceRange;
+    use crate::source::records::SourceRange;
 
     fn bundle(component: Option<Vec<u8>>) -> Bundle {
         let records = vec![
