@@ -356,3 +356,52 @@ pub fn checkpoint_files(dir: &std::path::Path) -> std::collections::BTreeMap<Str
     }
     files
 }
+
+/// What a finished `sluice` process showed: exit code, output, and its own
+/// peak resident memory (from `wait4`, so other children do not count).
+#[derive(Debug)]
+pub struct Measured {
+    /// The exit code, or `-signal` when a signal ended it.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    /// Peak RSS of this child alone, in bytes (`ru_maxrss`).
+    pub peak_rss: u64,
+    /// Wall time from spawn to exit.
+    pub wall: std::time::Duration,
+}
+
+/// Run `cmd` to completion and measure it. Output is drained on threads so
+/// a chatty child cannot block on a full pipe.
+pub fn run_measured(mut cmd: std::process::Command) -> Measured {
+    use std::io::Read;
+    use std::process::Stdio;
+    let started = std::time::Instant::now();
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let drain = |mut r: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            r.read_to_end(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf).into_owned()
+        })
+    };
+    let out = drain(Box::new(child.stdout.take().unwrap()));
+    let err = drain(Box::new(child.stderr.take().unwrap()));
+    let (status, peak_rss) = wait4(child.id());
+    let wall = started.elapsed();
+    // Already reaped by wait4: dropping `child` must not wait again.
+    std::mem::forget(child);
+    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -libc::WTERMSIG(status) };
+    Measured { code, stdout: out.join().unwrap(), stderr: err.join().unwrap(), peak_rss, wall }
+}
+
+#[allow(unsafe_code, reason = "wait4(2) has no safe wrapper in std; the pointers are to locals")]
+fn wait4(pid: u32) -> (i32, u64) {
+    let mut status = 0;
+    // SAFETY: all-zero is a valid `rusage`; both pointers outlive the call.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
+    assert_eq!(r, pid as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
+    // Linux reports ru_maxrss in KiB.
+    (status, usage.ru_maxrss as u64 * 1024)
+}
