@@ -171,6 +171,8 @@ fn normalise(mut stat: fs::DescriptorStat, stamp: fs::Datetime) -> fs::Descripto
     stat
 }
 
+/// The hash of what a normalised `stat` shows and the path: never of the
+/// host's inode, device or directory sizes.
 fn metadata_hash(path: &str, stat: &fs::DescriptorStat) -> fs::MetadataHashValue {
     let mut h = Sha256::new();
     h.update(b"sluice-metadata-v1\0");
@@ -310,8 +312,8 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BatchState>) -> wasmtime::Result
     })?;
     i.func_wrap("[method]descriptor.metadata-hash", |mut store, (fd,): (Resource<Descriptor>,)| {
         let state = store.data_mut();
-        let path = state.fs.path_of(fd.rep()).to_owned();
-        let r = HostDescriptor::stat(&mut state.filesystem(), fd).map(|s| metadata_hash(&path, &s));
+        let (path, stamp) = (state.fs.path_of(fd.rep()).to_owned(), state.fs.stamp);
+        let r = HostDescriptor::stat(&mut state.filesystem(), fd).map(|s| metadata_hash(&path, &normalise(s, stamp)));
         finish(state, r)
     })?;
     i.func_wrap(
@@ -319,8 +321,9 @@ pub(crate) fn add_to_linker(linker: &mut Linker<BatchState>) -> wasmtime::Result
         |mut store, (fd, flags, path): (Resource<Descriptor>, fs::PathFlags, String)| {
             let state = store.data_mut();
             state.fs.check_depth(&path)?;
-            let full = join(state.fs.path_of(fd.rep()), &path);
-            let r = HostDescriptor::stat_at(&mut state.filesystem(), fd, flags, path).map(|s| metadata_hash(&full, &s));
+            let (full, stamp) = (join(state.fs.path_of(fd.rep()), &path), state.fs.stamp);
+            let r = HostDescriptor::stat_at(&mut state.filesystem(), fd, flags, path)
+                .map(|s| metadata_hash(&full, &normalise(s, stamp)));
             finish(state, r)
         },
     )?;
