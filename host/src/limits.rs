@@ -39,6 +39,22 @@ pub struct Limits {
     pub chunk_bytes: u32,
     /// Maximum Wasm stack, in bytes: deep recursion traps past it.
     pub stack_bytes: u64,
+    /// Virtual time the sink may spend waiting (sleeps, clock pollables) in
+    /// one batch, in milliseconds. Waiting costs no real time: the virtual
+    /// clock jumps ahead; a sink that waits longer than this in total is
+    /// treated as hung.
+    pub sleep_ms: u64,
+    /// Entries the sink may create in `/staging` in one batch (files,
+    /// directories, symlinks, hard links), which is also the most entries
+    /// its open directory listings may hold at once.
+    pub staging_files: u64,
+    /// Files the sink may hold open at once: descriptors, file streams and
+    /// directory listings (each holds at most one host descriptor). Also the
+    /// most pollables one `poll` call may list.
+    pub open_files: u64,
+    /// Components (`a/b/c` is 3) in one path the sink passes to the
+    /// filesystem.
+    pub path_depth: u64,
 }
 
 impl Default for Limits {
@@ -55,6 +71,10 @@ impl Default for Limits {
             chunk_records: 4096,
             chunk_bytes: 4 << 20,
             stack_bytes: 1 << 20,
+            sleep_ms: 24 * 3600 * 1000,
+            staging_files: 10_000,
+            open_files: 256,
+            path_depth: 64,
         }
     }
 }
@@ -81,6 +101,14 @@ pub enum Limit {
     LogLines,
     /// `limits.stack_bytes`
     StackBytes,
+    /// `limits.sleep_ms`
+    SleepMs,
+    /// `limits.staging_files`
+    StagingFiles,
+    /// `limits.open_files`
+    OpenFiles,
+    /// `limits.path_depth`
+    PathDepth,
 }
 
 impl Limit {
@@ -96,6 +124,10 @@ impl Limit {
             Limit::LogBytes => "limits.log_bytes",
             Limit::LogLines => "limits.log_lines",
             Limit::StackBytes => "limits.stack_bytes",
+            Limit::SleepMs => "limits.sleep_ms",
+            Limit::StagingFiles => "limits.staging_files",
+            Limit::OpenFiles => "limits.open_files",
+            Limit::PathDepth => "limits.path_depth",
         }
     }
 
@@ -110,6 +142,10 @@ impl Limit {
             Limit::LogBytes => "its log-bytes limit",
             Limit::LogLines => "its log-lines limit",
             Limit::StackBytes => "its stack limit (deep recursion)",
+            Limit::SleepMs => "its virtual waiting time (it sleeps or waits on the clock for too long)",
+            Limit::StagingFiles => "its /staging entries limit (files, directories and links created)",
+            Limit::OpenFiles => "its open-files limit (descriptors, streams and listings held at once)",
+            Limit::PathDepth => "its path depth limit",
         }
     }
 
@@ -125,6 +161,10 @@ impl Limit {
             Limit::LogBytes => limits.log_bytes,
             Limit::LogLines => limits.log_lines,
             Limit::StackBytes => limits.stack_bytes,
+            Limit::SleepMs => limits.sleep_ms,
+            Limit::StagingFiles => limits.staging_files,
+            Limit::OpenFiles => limits.open_files,
+            Limit::PathDepth => limits.path_depth,
         }
     }
 }
@@ -176,6 +216,46 @@ impl Budget {
     }
 }
 
+/// Counts what a batch holds at once against one limit: what is given back
+/// (a closed file, a dropped listing) can be taken again.
+#[derive(Debug)]
+pub(crate) struct Gauge {
+    limit: Limit,
+    max: u64,
+    held: std::sync::atomic::AtomicU64,
+}
+
+impl Gauge {
+    pub(crate) fn new(limit: Limit, limits: &Limits) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(Self { limit, max: limit.value(limits), held: Default::default() })
+    }
+
+    /// Take `amount` until the returned [`Held`] is dropped; fails, taking
+    /// nothing, if the total held would pass the limit.
+    pub(crate) fn take(self: &std::sync::Arc<Self>, amount: u64) -> Result<Held, LimitExceeded> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let before = self.held.fetch_add(amount, Relaxed);
+        if before.saturating_add(amount) > self.max {
+            self.held.fetch_sub(amount, Relaxed);
+            return Err(LimitExceeded { limit: self.limit, value: self.max });
+        }
+        Ok(Held { gauge: self.clone(), amount })
+    }
+}
+
+/// A share of a [`Gauge`], given back when dropped.
+#[derive(Debug)]
+pub(crate) struct Held {
+    gauge: std::sync::Arc<Gauge>,
+    amount: u64,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.gauge.held.fetch_sub(self.amount, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -192,6 +272,17 @@ mod tests {
         assert!(b.charge(2).is_ok());
         assert!(b.charge(1).is_ok());
         assert_eq!(b.charge(1).unwrap_err().limit, Limit::OutputRows);
+    }
+
+    #[test]
+    fn gauge_gives_back_what_is_dropped() {
+        let g = Gauge::new(Limit::OpenFiles, &Limits { open_files: 2, ..Limits::default() });
+        let a = g.take(1).unwrap();
+        let _b = g.take(1).unwrap();
+        assert_eq!(g.take(1).unwrap_err().to_string(), "sink exceeded its open-files limit (descriptors, streams and listings held at once) (limits.open_files = 2)");
+        drop(a);
+        let _c = g.take(1).expect("a dropped share can be taken again");
+        assert!(g.take(1).is_err(), "a failed take takes nothing, and nothing more is free");
     }
 
     #[test]

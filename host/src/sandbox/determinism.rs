@@ -5,7 +5,8 @@
 //! clock is virtual, and random bytes come from a generator seeded with
 //! (pipeline id, batch id). Both clocks advance by a fixed step on every
 //! read, so busy-wait loops still make progress and the same sequence of
-//! calls sees the same values on every run.
+//! calls sees the same values on every run. Waiting on the clock moves it
+//! ahead at once (see `waiting`): time a sink sleeps is virtual too.
 
 use sha2::{Digest, Sha256};
 use std::convert::Infallible;
@@ -44,7 +45,26 @@ impl VirtualClock {
     }
 
     fn tick(&self) -> u64 {
-        self.elapsed_ns.fetch_add(CLOCK_STEP_NS, Ordering::Relaxed) + CLOCK_STEP_NS
+        // Saturating: a clock moved to the end of time by a long wait stays there.
+        let step = |e: u64| Some(e.saturating_add(CLOCK_STEP_NS));
+        let before = self.elapsed_ns.fetch_update(Ordering::Relaxed, Ordering::Relaxed, step).unwrap_or(u64::MAX);
+        before.saturating_add(CLOCK_STEP_NS)
+    }
+
+    /// The monotonic clock's value, without advancing it.
+    pub(crate) fn elapsed_ns(&self) -> u64 {
+        self.elapsed_ns.load(Ordering::Relaxed)
+    }
+
+    /// Move the clock to `target` ns if it is behind; returns how far it moved.
+    pub(crate) fn advance_to(&self, target: u64) -> u64 {
+        let before = self.elapsed_ns.fetch_max(target, Ordering::Relaxed);
+        target.saturating_sub(before)
+    }
+
+    /// The batch's planned timestamp: the wall clock before any read.
+    pub(crate) fn start(&self) -> Duration {
+        self.start
     }
 }
 
@@ -171,5 +191,16 @@ mod tests {
         assert_eq!(w1, Duration::from_millis(1_700_000_000_000) + Duration::from_micros(1));
         assert_eq!(m, 2_000);
         assert_eq!(w2 - w1, Duration::from_micros(2));
+    }
+
+    #[test]
+    fn advancing_moves_both_clocks_forward_only() {
+        let c = VirtualClock::new(0);
+        assert_eq!(c.advance_to(10_000_000_000), 10_000_000_000);
+        assert_eq!(c.advance_to(5), 0, "never backwards");
+        assert_eq!(HostMonotonicClock::now(&c), 10_000_001_000);
+        assert_eq!(HostWallClock::now(&c), Duration::from_secs(10) + Duration::from_micros(2));
+        c.advance_to(u64::MAX);
+        assert_eq!(HostMonotonicClock::now(&c), u64::MAX, "the end of time saturates");
     }
 }

@@ -13,6 +13,10 @@
 //!       ─► instantiate from pool ─► for-each-batch ─┬─ ok ──► output, remove /staging
 //!                                                   └─ err ─► typed error, keep /staging
 //! ```
+//!
+//! No host call the sink can make waits in real time (`waiting`), and what
+//! it can hold and create in `/staging` is bounded and deterministic
+//! (`staging_fs`, `staging_quota`).
 
 pub(crate) mod batch_log;
 pub(crate) mod bindings;
@@ -20,8 +24,10 @@ pub(crate) mod determinism;
 mod engine;
 pub(crate) mod scratch;
 pub(crate) mod state;
+mod staging_fs;
 mod staging_quota;
 mod stdio;
+mod waiting;
 
 use crate::sandbox::batch_log::{BatchLog, LogSource};
 use crate::sandbox::determinism::{SeededRng, VirtualClock, batch_seed, insecure_seed};
@@ -103,6 +109,8 @@ impl RuntimeBuilder {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
         bindings::Sink::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
         staging_quota::add_to_linker(&mut linker).map_err(engine_err)?;
+        staging_fs::add_to_linker(&mut linker).map_err(engine_err)?;
+        waiting::add_to_linker(&mut linker).map_err(engine_err)?;
         let scratch = ScratchRoot::new(&self.scratch_root, self.keep_failed)
             .map_err(|source| LoadError::Scratch { path: self.scratch_root.clone(), source })?;
         Ok(Runtime {
@@ -191,7 +199,7 @@ impl Sink {
         let scratch_path = scratch.path().to_owned();
         let scratch_err = |source| BatchError::Scratch { path: scratch_path.clone(), source };
 
-        let outcome = match self.sandbox(spec, source, &log, scratch.path(), scratch.dir()) {
+        let outcome = match self.sandbox(spec, source, &log, scratch.path(), scratch.dir(), started) {
             Err(source) => Err(scratch_err(source)),
             Ok(mut store) => {
                 timings.setup = started.elapsed();
@@ -214,19 +222,17 @@ impl Sink {
                 })
             }
         };
+        // Clean-up is bounded (the sink's entries are) and never changes the
+        // outcome: the output is complete, or the error is the batch's own.
         match outcome {
             Ok(mut output) => {
                 let teardown = Instant::now();
-                match scratch.remove() {
-                    Ok(()) => {
-                        output.timings.teardown = teardown.elapsed();
-                        Ok(output)
-                    }
-                    Err(e) => Err(fail(scratch_err(e), None)),
-                }
+                scratch.remove();
+                output.timings.teardown = teardown.elapsed();
+                Ok(output)
             }
             Err(error) => {
-                let kept = scratch.keep().map_err(|source| fail(scratch_err(source), None))?;
+                let kept = scratch.keep();
                 Err(fail(error, kept))
             }
         }
@@ -240,6 +246,7 @@ impl Sink {
         log: &BatchLog,
         staging_path: &Path,
         staging: &cap_std::fs::Dir,
+        started: Instant,
     ) -> std::io::Result<Store<BatchState>> {
         let inner = &self.runtime.inner;
         let limits = &inner.limits;
@@ -249,7 +256,7 @@ impl Sink {
         wasi.stdout(stdio::CapturedStdio { log: log.clone(), source: LogSource::Stdout })
             .stderr(stdio::CapturedStdio { log: log.clone(), source: LogSource::Stderr })
             .wall_clock(clock.clone())
-            .monotonic_clock(clock)
+            .monotonic_clock(clock.clone())
             .secure_random(SeededRng::new(seed, 0))
             .insecure_random(SeededRng::new(seed, 1))
             .insecure_random_seed(insecure_seed(seed))
@@ -274,6 +281,8 @@ impl Sink {
             log: log.clone(),
             staging_quota: Arc::new(Budget::new(Limit::StagingBytes, limits)),
             staging: staging.try_clone()?,
+            waits: waiting::Waits::new(clock.clone(), limits, started),
+            fs: staging_fs::StagingFs::new(limits, clock.start()),
         };
         let mut store = Store::new(&inner.engine.engine, state);
         store.limiter(|s| &mut s.memory);

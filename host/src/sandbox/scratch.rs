@@ -12,6 +12,14 @@
 //!        ├── (success) ──► removed
 //!        └── (failure) ──► <root>/failed/<same name>          newest `keep_failed` kept
 //! ```
+//!
+//! Clean-up never fails a batch and never recurses: [`remove_tree`] flattens
+//! a tree of any depth holding at most three descriptors, so a sink's tree
+//! 20 000 directories deep goes as easily as a flat one, and its cost is
+//! bounded by the entries the sink could create (`limits.staging_files`).
+//! A directory that still cannot be removed (a disk error) is reported as
+//! a warning and left for a later prune; it never turns a successful batch
+//! into a failed one, and never replaces a failed batch's own error.
 
 use cap_std::ambient_authority;
 use cap_std::fs::Dir;
@@ -80,33 +88,115 @@ impl ScratchDir {
         &self.dir
     }
 
-    /// The batch succeeded: delete everything.
-    pub(crate) fn remove(self) -> io::Result<()> {
+    /// The batch succeeded: delete everything. What cannot be deleted is
+    /// moved under `failed/` (a later prune tries again) with a warning.
+    pub(crate) fn remove(self) {
         drop(self.dir);
-        // Most batches leave few files; an empty directory needs one rmdir.
-        std::fs::remove_dir(&self.path).or_else(|_| std::fs::remove_dir_all(&self.path))
+        if let Err(e) = remove_tree(&self.path) {
+            let parked = self.failed_root.join(format!("{}.unremovable", self.name));
+            let moved = std::fs::rename(&self.path, &parked).map(|()| format!("moved to {}", parked.display()));
+            let now = moved.unwrap_or_else(|e| format!("left in place ({e})"));
+            eprintln!("sluice: warning: cannot remove the scratch directory {}: {e}; {now}", self.path.display());
+        }
     }
 
     /// The batch failed: keep the directory for a post-mortem, then drop the
-    /// oldest kept ones beyond the bound. Returns where it was kept.
-    pub(crate) fn keep(self) -> io::Result<Option<PathBuf>> {
+    /// oldest kept ones beyond the bound. Returns where it was kept, if it
+    /// was; trouble here is a warning, never the batch's error.
+    pub(crate) fn keep(self) -> Option<PathBuf> {
         drop(self.dir);
-        if self.keep_failed == 0 {
-            std::fs::remove_dir_all(&self.path)?;
-            return Ok(None);
-        }
         let kept = self.failed_root.join(&self.name);
-        std::fs::rename(&self.path, &kept)?;
-        let all = list_by_age(&self.failed_root)?;
-        for old in all.iter().take(all.len().saturating_sub(self.keep_failed)) {
-            // Another process may prune the same directory: not an error.
-            match std::fs::remove_dir_all(old) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-                _ => {}
+        let kept = if self.keep_failed == 0 {
+            None
+        } else {
+            match std::fs::rename(&self.path, &kept) {
+                Ok(()) => Some(kept),
+                Err(e) => {
+                    eprintln!("sluice: warning: cannot keep {} under {}: {e}; removing it", self.path.display(), self.failed_root.display());
+                    None
+                }
+            }
+        };
+        if kept.is_none() {
+            if let Err(e) = remove_tree(&self.path) {
+                eprintln!("sluice: warning: cannot remove the scratch directory {}: {e}", self.path.display());
             }
         }
-        Ok(Some(kept))
+        prune(&self.failed_root, self.keep_failed, kept.as_deref());
+        kept
     }
+}
+
+/// Remove the oldest kept directories beyond `keep`, never `newest` (the
+/// one just kept: modification times are coarse, so it may tie with older
+/// ones). Best effort: one that cannot be removed is skipped with a
+/// warning, and tried again next time.
+fn prune(failed_root: &Path, keep: usize, newest: Option<&Path>) {
+    let mut all = match list_by_age(failed_root) {
+        Ok(all) => all,
+        Err(e) => return eprintln!("sluice: warning: cannot list {}: {e}", failed_root.display()),
+    };
+    if let Some(newest) = newest {
+        all.retain(|p| p != newest);
+        all.push(newest.to_owned());
+    }
+    for old in all.iter().take(all.len().saturating_sub(keep)) {
+        // Another process may prune the same directory: not an error.
+        match remove_tree(old) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                eprintln!("sluice: warning: cannot remove the kept scratch directory {}: {e}", old.display());
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Remove the directory `path` and everything in it, without recursion and
+/// holding at most three descriptors, whatever the tree's depth.
+///
+/// Every directory found directly under `path` is emptied by renaming its
+/// entries up into `path` (under fresh names), then removed; files and
+/// links are unlinked; repeat until `path` is empty. Each entry is renamed
+/// at most once and removed once, so the work is linear in the entries.
+pub(crate) fn remove_tree(path: &Path) -> io::Result<()> {
+    // Most batches leave few files; an empty directory needs one rmdir.
+    if std::fs::remove_dir(path).is_ok() {
+        return Ok(());
+    }
+    let root = Dir::open_ambient_dir(path, ambient_authority())?;
+    let mut fresh = 0u64;
+    loop {
+        let mut round = Vec::new();
+        for entry in root.entries()? {
+            let entry = entry?;
+            round.push((entry.file_name(), entry.file_type()?.is_dir()));
+        }
+        if round.is_empty() {
+            break;
+        }
+        for (name, is_dir) in round {
+            if !is_dir {
+                root.remove_file(&name)?;
+                continue;
+            }
+            let sub = root.open_dir(&name)?;
+            let children = sub.entries()?.map(|e| e.map(|e| e.file_name())).collect::<io::Result<Vec<_>>>()?;
+            for child in children {
+                let target = loop {
+                    fresh += 1;
+                    let candidate = format!(".sluice-rm-{fresh}");
+                    if root.symlink_metadata(&candidate).is_err() {
+                        break candidate;
+                    }
+                };
+                sub.rename(&child, &root, &target)?;
+            }
+            drop(sub);
+            root.remove_dir(&name)?;
+        }
+    }
+    drop(root);
+    std::fs::remove_dir(path)
 }
 
 fn list_by_age(dir: &Path) -> io::Result<Vec<PathBuf>> {
@@ -134,8 +224,8 @@ mod tests {
         assert_ne!(a.path(), b.path());
         a.dir().write("f", b"a").unwrap();
         assert!(!b.dir().exists("f"));
-        a.remove().unwrap();
-        b.remove().unwrap();
+        a.remove();
+        b.remove();
         assert_eq!(std::fs::read_dir(tmp.path().join("live")).unwrap().count(), 0);
     }
 
@@ -147,12 +237,79 @@ mod tests {
         for batch in 0..4 {
             let d = root.create("p", batch, 1).unwrap();
             d.dir().write("evidence", batch.to_string()).unwrap();
-            kept.push(d.keep().unwrap().unwrap());
+            kept.push(d.keep().unwrap());
         }
         let left = root.failed().unwrap();
         assert_eq!(left.len(), 2);
         for path in &left {
             assert!(kept[2..].contains(path), "{path:?} should be one of the newest two");
         }
+    }
+
+    /// A chain of `depth` directories under `dir/top`, built the way a sink
+    /// can, with paths two components long: a fresh directory, the chain
+    /// renamed into it, the fresh one renamed to the chain's name.
+    fn deep_chain(dir: &Path, depth: usize) {
+        std::fs::create_dir(dir.join("top")).unwrap();
+        for _ in 1..depth {
+            std::fs::create_dir(dir.join("n")).unwrap();
+            std::fs::rename(dir.join("top"), dir.join("n/top")).unwrap();
+            std::fs::rename(dir.join("n"), dir.join("top")).unwrap();
+        }
+    }
+
+    #[test]
+    fn a_tree_20000_deep_is_removed_with_few_descriptors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = ScratchRoot::new(tmp.path(), 2).unwrap();
+        let d = root.create("p", 1, 1).unwrap();
+        deep_chain(d.path(), 20_000);
+        d.dir().write("top/file", b"x").unwrap();
+        // std's remove_dir_all holds a descriptor per level, so a tree this
+        // deep takes 20 000 at once (the process limit here); the
+        // flattening removal holds three.
+        let path = d.path().to_owned();
+        let started = std::time::Instant::now();
+        d.remove();
+        assert!(!path.exists(), "the deep tree is gone");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+        assert_eq!(std::fs::read_dir(tmp.path().join("failed")).unwrap().count(), 0, "nothing parked");
+    }
+
+    #[test]
+    fn remove_tree_handles_files_links_and_wide_directories() {
+        let tmp = tempfile::tempdir().unwrap();
+        let t = tmp.path().join("t");
+        std::fs::create_dir_all(t.join("a/b/c")).unwrap();
+        for i in 0..1000 {
+            std::fs::write(t.join(format!("a/b/f{i}")), b"").unwrap();
+        }
+        std::fs::write(t.join(".sluice-rm-1"), b"a name the removal would pick").unwrap();
+        let outside = tmp.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::fs::write(outside.join("precious"), b"keep me").unwrap();
+        std::os::unix::fs::symlink(&outside, t.join("a/escape")).unwrap();
+        std::os::unix::fs::symlink("a", t.join("loop")).unwrap();
+        remove_tree(&t).unwrap();
+        assert!(!t.exists());
+        assert!(outside.join("precious").exists(), "a symlink is unlinked, never followed");
+    }
+
+    #[test]
+    fn an_unremovable_kept_entry_never_fails_a_later_keep() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = ScratchRoot::new(tmp.path(), 1).unwrap();
+        // The oldest entry under failed/ is one no tree removal can remove
+        // (a file: opening it as a directory fails). std's remove_dir_all
+        // failed the same way on a tree too deep for it.
+        std::fs::write(tmp.path().join("failed/unremovable"), b"").unwrap();
+        for batch in 0..3 {
+            let d = root.create("p", batch, 1).unwrap();
+            let kept = d.keep().expect("a failed prune never fails keeping this attempt's directory");
+            assert!(kept.is_dir());
+        }
+        let left = root.failed().unwrap();
+        assert_eq!(left.len(), 2, "the newest one kept, plus the one that cannot go: {left:?}");
+        assert!(left.iter().any(|p| p.ends_with("unremovable")));
     }
 }

@@ -6,10 +6,12 @@
 //! `set-size`. Each delegates to wasmtime-wasi after charging the batch's
 //! budget; going past it traps with [`LimitExceeded`], ending the batch
 //! before the disk fills. The quota counts bytes written, not file sizes: a
-//! sink that rewrites a file pays for each write.
+//! sink that rewrites a file pays for each write. Directory entries are
+//! charged to it too (see `staging_fs`). A write stream holds a share of
+//! `limits.open_files` while it lives.
 
 use super::state::BatchState;
-use crate::limits::Budget;
+use crate::limits::{Budget, Held};
 use bytes::Bytes;
 use std::sync::Arc;
 use wasmtime::component::{Linker, Resource};
@@ -81,14 +83,16 @@ fn wrap(
     stream: Resource<DynOutputStream>,
 ) -> wasmtime::Result<Resource<DynOutputStream>> {
     let quota = state.staging_quota.clone();
+    let held = state.fs.open_one()?;
     let table = state.ctx().table;
     let inner = table.delete(stream)?;
-    Ok(table.push(Box::new(QuotaStream { inner, quota }) as DynOutputStream)?)
+    Ok(table.push(Box::new(QuotaStream { inner, quota, _held: held }) as DynOutputStream)?)
 }
 
 struct QuotaStream {
     inner: DynOutputStream,
     quota: Arc<Budget>,
+    _held: Held,
 }
 
 #[async_trait::async_trait]

@@ -6,6 +6,8 @@ use crate::sandbox::batch_log::{BatchLog, Level, LogLine, LogSource};
 use crate::limits::{Budget, Limit, LimitExceeded};
 use crate::output::OutputCollector;
 use crate::source::records::{ChunkBuilder, Fill, RecordSource};
+use super::staging_fs::StagingFs;
+use super::waiting::Waits;
 use cap_std::fs::Dir;
 use std::sync::Arc;
 use wasmtime::component::{Resource, ResourceTable};
@@ -24,6 +26,10 @@ pub(crate) struct BatchState {
     pub(crate) staging_quota: Arc<Budget>,
     /// Host-side handle on `/staging`, for reading staged files.
     pub(crate) staging: Dir,
+    /// The virtual clock's waits (`waiting`).
+    pub(crate) waits: Arc<Waits>,
+    /// Open files, created entries, listings (`staging_fs`).
+    pub(crate) fs: StagingFs,
 }
 
 impl WasiView for BatchState {
