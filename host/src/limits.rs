@@ -263,11 +263,6 @@ impl Budget {
         Ok(())
     }
 
-    /// What is left of the limit.
-    pub(crate) fn remaining(&self) -> u64 {
-        self.max.saturating_sub(self.used.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
     pub(crate) fn exceeded(&self) -> LimitExceeded {
         LimitExceeded { limit: self.limit, value: self.max }
     }
@@ -297,7 +292,6 @@ mod tests {
         b.charge(4).unwrap();
         assert!(b.check(6).is_ok());
         assert!(b.check(7).is_err());
-        assert_eq!(b.remaining(), 6);
         assert!(b.charge(7).is_err());
         assert!(b.charge(0).is_err(), "a budget once exceeded stays exceeded");
     }

@@ -368,8 +368,9 @@ impl OutputCollector {
         Ok(Ok(()))
     }
 
-    /// JSON rows given in the call, read one at a time from guest memory:
-    /// each is charged before it is copied.
+    /// JSON rows given as an iterator (the lazily lifting caller reads them
+    /// one at a time itself, with [`push_json_row`](Self::push_json_row)).
+    #[cfg(test)]
     pub(crate) fn stage_json<'a>(
         &mut self,
         table: &str,

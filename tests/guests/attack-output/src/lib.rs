@@ -9,8 +9,8 @@
 //! record's value is the stream), `aliased-rows N LEN`, `aliased-fields N`,
 //! `aliased-keys N LEN`, `non-utf8-log`, `non-utf8-row`, `non-utf8-path`,
 //! `big-log BYTES`, `big-write BYTES`, `empty-ops`, `many-ops N`, `upsert-on KEY` and
-//! `zero-row-upsert` (to table `orders`; the other records' values are its
-//! rows), `log-fields N` (N distinct small fields).
+//! `zero-row-upsert` (the other records' values are its rows), `log-fields
+//! N` (N distinct small fields). Everything is staged to table `orders`.
 
 #![allow(unsafe_code, reason = "the attacks hand the host strings that are not UTF-8")]
 
@@ -95,24 +95,24 @@ impl Guest for Attack {
                 let big = format!(r#"{{"a":"{}"}}"#, "x".repeat(1 << 20));
                 let mut rows = vec![big.as_str()];
                 rows.extend(std::iter::repeat_n("{}", number(&words, 1) as usize));
-                stage("t", WriteMode::Append, Rows::Json(&rows))
+                stage("orders", WriteMode::Append, Rows::Json(&rows))
             }
             "sparse-file" => {
                 let mut f = std::fs::File::create("/staging/sparse.jsonl").map_err(failed)?;
                 f.seek(SeekFrom::Start(number(&words, 1))).map_err(failed)?;
                 f.write_all(b"{}\n").map_err(failed)?;
                 drop(f);
-                stage("t", WriteMode::Append, Rows::File(("sparse.jsonl", FileFormat::JsonLines)))
+                stage("orders", WriteMode::Append, Rows::File(("sparse.jsonl", FileFormat::JsonLines)))
             }
             "stage-arrow" => {
                 let Some(Some(stream)) = values.get(1) else { return Err(failed("no stream")) };
                 std::fs::write("/staging/rows.arrow", stream).map_err(failed)?;
-                stage("t", WriteMode::Append, Rows::File(("rows.arrow", FileFormat::ArrowIpc)))
+                stage("orders", WriteMode::Append, Rows::File(("rows.arrow", FileFormat::ArrowIpc)))
             }
             "aliased-rows" => {
                 let row = format!(r#"{{"a":"{}"}}"#, "x".repeat(number(&words, 2) as usize));
                 let rows = vec![row.as_str(); number(&words, 1) as usize];
-                stage("t", WriteMode::Append, Rows::Json(&rows))
+                stage("orders", WriteMode::Append, Rows::Json(&rows))
             }
             "aliased-fields" => {
                 let fields = vec![("", ""); number(&words, 1) as usize];
@@ -128,7 +128,7 @@ impl Guest for Attack {
             "aliased-keys" => {
                 let key = "k".repeat(number(&words, 2) as usize);
                 let keys = vec![key.as_str(); number(&words, 1) as usize];
-                stage("t", WriteMode::Upsert(&keys), Rows::Json(&[]))
+                stage("orders", WriteMode::Upsert(&keys), Rows::Json(&[]))
             }
             "non-utf8-log" => {
                 let bytes = std::hint::black_box(b"caf\xe9".to_vec());
@@ -137,18 +137,14 @@ impl Guest for Attack {
             }
             "non-utf8-row" => {
                 let bytes = std::hint::black_box(b"{\"a\":\"\xff\"}".to_vec());
-                stage("t", WriteMode::Append, Rows::Json(&[not_utf8(&bytes)]))
+                stage("orders", WriteMode::Append, Rows::Json(&[not_utf8(&bytes)]))
             }
             "non-utf8-path" => {
-                // std's paths are UTF-8 here; wasi-libc passes bytes on to
-                // `open-at` as they are.
-                unsafe extern "C" {
-                    fn open(path: *const u8, flags: i32, ...) -> i32;
-                }
-                const O_RDONLY: i32 = 0x0400_0000;
-                // SAFETY: a NUL-terminated path; the result is only compared.
-                let fd = unsafe { open(b"/staging/\xff.jsonl\0".as_ptr(), O_RDONLY) };
-                Err(failed(format!("open returned {fd}")))
+                // wasi-libc refuses such a path itself (EILSEQ), so call
+                // `open-at` through the canonical ABI directly.
+                let fd = raw_wasi::staging();
+                let result = raw_wasi::open_at(fd, b"\xff.jsonl");
+                Err(failed(format!("open-at returned {result:?}")))
             }
             "big-log" => {
                 let message = "x".repeat(number(&words, 1) as usize);
@@ -163,7 +159,7 @@ impl Guest for Attack {
                 Err(failed(format!("the host took a {n}-byte write")))
             }
             "empty-ops" => loop {
-                stage("t", WriteMode::Append, Rows::Json(&[]))?;
+                stage("orders", WriteMode::Append, Rows::Json(&[]))?;
             },
             "many-ops" => {
                 let keys = ["order_id"];
@@ -179,6 +175,43 @@ impl Guest for Attack {
             "zero-row-upsert" => stage("orders", WriteMode::Upsert(&["order_id"]), Rows::Json(&[])),
             other => Err(SinkError::InvalidInput(format!("unknown attack {other:?}"))),
         }
+    }
+}
+
+/// Two WASI 0.2 imports called by hand, to hand `open-at` a path that is
+/// not UTF-8 (the sink's world imports WASI through wasi-libc already).
+mod raw_wasi {
+    #[link(wasm_import_module = "wasi:filesystem/preopens@0.2.0")]
+    unsafe extern "C" {
+        #[link_name = "get-directories"]
+        fn get_directories(ret: *mut [u32; 2]);
+    }
+
+    #[link(wasm_import_module = "wasi:filesystem/types@0.2.0")]
+    unsafe extern "C" {
+        #[link_name = "[method]descriptor.open-at"]
+        fn open_at_raw(this: i32, path_flags: i32, path: *const u8, path_len: usize, open_flags: i32, flags: i32, ret: *mut [u32; 2]);
+    }
+
+    /// The handle of the first preopened directory, `/staging`.
+    pub(crate) fn staging() -> i32 {
+        let mut ret = [0u32; 2];
+        // SAFETY: `ret` is the (pointer, length) the canonical ABI writes;
+        // the list it points to was allocated through cabi_realloc.
+        unsafe {
+            get_directories(&mut ret);
+            assert!(ret[1] >= 1, "a preopen");
+            *(ret[0] as *const i32)
+        }
+    }
+
+    /// `open-at(fd, path)` for reading; the raw result words.
+    pub(crate) fn open_at(fd: i32, path: &[u8]) -> [u32; 2] {
+        let mut ret = [0u32; 2];
+        // SAFETY: pointer and length of a live byte slice; `ret` receives
+        // the result<descriptor, error-code> the ABI writes.
+        unsafe { open_at_raw(fd, 0, path.as_ptr(), path.len(), 0, 1, &mut ret) };
+        ret
     }
 }
 
