@@ -4,6 +4,10 @@
 //! the limit or rule and its config key, the host's own peak RSS against
 //! `Limits::host_memory_bound` (printed), that nothing was committed, and
 //! (in process, on one runtime) that the next batch runs normally.
+//!
+//! The peak RSS is the child's `ru_maxrss`, which Linux starts from the
+//! parent's RSS at `fork` (the test process, ~120 MiB once its guests are
+//! loaded): an over-estimate, so the bound checks stay safe.
 
 use crate::harness::*;
 use base64::Engine as _;
@@ -70,6 +74,7 @@ fn exec(records: &[Value], limits: &Limits, extra: &[&str]) -> Exec {
     );
     let report = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("exec printed no report ({e}): {run:?}"));
     assert!(run.peak_rss <= bound, "peak RSS {} over the bound {bound}: {run:?}", run.peak_rss);
+    assert!(run.wall < std::time::Duration::from_secs(30), "no attack makes the host work for long: {:?}", run.wall);
     Exec { run, report, bound }
 }
 
@@ -81,6 +86,17 @@ fn assert_user_error(e: &Exec, starts: &str) {
     assert_eq!(e.report["class"], "user", "{error}");
     assert_eq!(e.report["retryable"], false, "{error}");
     assert!(!error.contains("internal"), "{error}");
+    // The failed attempt's /staging is kept, holding no more than was
+    // written into it (a sparse file's length is not its size).
+    let kept = Path::new(e.report["kept_scratch"].as_str().expect("the failed /staging is kept"));
+    assert!(kept.is_dir(), "{}", kept.display());
+    assert!(disk_usage(kept) <= Limits::default().staging_bytes, "{}", kept.display());
+}
+
+/// Bytes a directory's files take on disk.
+fn disk_usage(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir).unwrap().flatten().map(|e| e.metadata().unwrap().blocks() * 512).sum()
 }
 
 fn assert_limit(e: &Exec, limit: Limit, limits: &Limits) {

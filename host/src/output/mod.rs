@@ -701,7 +701,9 @@ fn check_ipc_framing(bytes: &[u8]) -> Result<Framing, String> {
                 return Err(at("a second schema message".into()));
             }
             let mut flat = Vec::new();
-            for field in schema.fields().into_iter().flatten() {
+            // arrow unwraps the field list: it must be there.
+            let fields = schema.fields().ok_or_else(|| at("a schema without fields".into()))?;
+            for field in fields {
                 found.arrays += 1;
                 flat.push(check_field_type(&field).map_err(at)?);
             }
