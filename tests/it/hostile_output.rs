@@ -48,6 +48,8 @@ struct Exec {
     /// `sluice exec --json`'s report.
     report: Value,
     bound: u64,
+    /// Holds the scratch directory (and the kept `/staging`) until checked.
+    _dir: tempfile::TempDir,
 }
 
 /// Run the attack sink over `records` with `limits` through `sluice exec
@@ -75,7 +77,7 @@ fn exec(records: &[Value], limits: &Limits, extra: &[&str]) -> Exec {
     let report = serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| panic!("exec printed no report ({e}): {run:?}"));
     assert!(run.peak_rss <= bound, "peak RSS {} over the bound {bound}: {run:?}", run.peak_rss);
     assert!(run.wall < std::time::Duration::from_secs(30), "no attack makes the host work for long: {:?}", run.wall);
-    Exec { run, report, bound }
+    Exec { run, report, bound, _dir: dir }
 }
 
 /// The batch failed with this error, as the sink's fault, not retryable.

@@ -17,6 +17,7 @@
 use super::tests::{arrow_stream, arrow_stream_with};
 use super::*;
 use proptest::prelude::*;
+use serde_json::Value;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
