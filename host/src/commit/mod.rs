@@ -644,9 +644,13 @@ fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> 
 /// Runs of small record batches (many small staged operations, each its own
 /// batch) concatenated into batches of about `COALESCE_ROWS` rows: the Delta
 /// writer pays per batch, so a million one-row batches made the commit slow.
+/// Batches of `SMALL_ROWS` rows or more (a staged chunk, a decoded JSON
+/// batch) are passed on as they are: copying them would cost more than it
+/// saves.
 fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, String> {
+    const SMALL_ROWS: usize = 1024;
     const COALESCE_ROWS: usize = 64 * 1024;
-    if batches.iter().all(|b| b.num_rows() >= COALESCE_ROWS / 8) {
+    if batches.iter().filter(|b| b.num_rows() < SMALL_ROWS).nth(1).is_none() {
         return Ok(batches);
     }
     let mut out = Vec::new();
@@ -662,7 +666,7 @@ fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordB
         Ok(())
     };
     for b in batches {
-        if b.num_rows() >= COALESCE_ROWS / 8 {
+        if b.num_rows() >= SMALL_ROWS {
             flush(&mut run, &mut out)?;
             rows = 0;
             out.push(b);
