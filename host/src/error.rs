@@ -6,6 +6,7 @@
 
 use crate::sandbox::batch_log::LogLine;
 use crate::limits::{Limit, LimitExceeded};
+use crate::output::StageViolation;
 use crate::source::records::SourceError;
 use std::path::PathBuf;
 
@@ -105,6 +106,15 @@ pub enum BatchError {
     /// The sink went past a limit.
     #[error(transparent)]
     Limit(#[from] LimitExceeded),
+    /// The sink broke a rule of the pipeline when staging (an upsert on keys
+    /// other than the table's).
+    #[error(transparent)]
+    Refused(#[from] StageViolation),
+    /// The sink passed a host call something the canonical ABI forbids: a
+    /// string that is not UTF-8, a pointer outside its memory, a bad
+    /// discriminant or handle.
+    #[error("sink made an invalid host call: {0}")]
+    InvalidCall(String),
     /// The sink trapped (a panic, `unreachable`, an out-of-bounds access).
     #[error("sink trapped: {trap}{}", stderr_tail(.stderr))]
     Trap {
@@ -143,6 +153,8 @@ impl BatchError {
             BatchError::InvalidInput(_)
             | BatchError::SinkFailed(_)
             | BatchError::Limit(_)
+            | BatchError::Refused(_)
+            | BatchError::InvalidCall(_)
             | BatchError::Trap { .. } => ErrorClass::User,
             BatchError::Source(_) | BatchError::Scratch { .. } | BatchError::Capacity(_) => ErrorClass::External,
             BatchError::Internal(_) => ErrorClass::Internal,
@@ -156,7 +168,11 @@ impl BatchError {
     /// `failed` error is retried: it may come from a transient host limit.
     pub fn retryable(&self) -> bool {
         match self {
-            BatchError::InvalidInput(_) | BatchError::Trap { .. } | BatchError::Internal(_) => false,
+            BatchError::InvalidInput(_)
+            | BatchError::Trap { .. }
+            | BatchError::Refused(_)
+            | BatchError::InvalidCall(_)
+            | BatchError::Internal(_) => false,
             BatchError::Limit(e) => e.limit == Limit::DeadlineMs,
             BatchError::SinkFailed(_) | BatchError::Source(_) | BatchError::Scratch { .. } | BatchError::Capacity(_) => {
                 true

@@ -36,7 +36,7 @@ pub mod tools;
 pub use sandbox::batch_log::{Level, LogLine, LogSource};
 pub use error::{BatchError, BatchFailure, ErrorClass, LoadError, Result};
 pub use limits::{Limit, LimitExceeded, Limits};
-pub use output::{ArrowRows, BatchOutput, FileFormat, StagedOp, StagedRows, TableSummary, Timings, WriteMode};
+pub use output::{ArrowRows, BatchOutput, FileFormat, StageViolation, StagedOp, StagedRows, TableSummary, Timings, WriteMode};
 pub use source::records::{BatchSpec, ChunkBuilder, Fill, OwnedRecord, RecordSource, SourceError, SourceRange, VecSource};
 pub use sandbox::{Runtime, RuntimeBuilder, Sink};
 pub use sandbox::scratch::ScratchRoot;

@@ -55,6 +55,10 @@ pub struct Limits {
     /// Components (`a/b/c` is 3) in one path the sink passes to the
     /// filesystem.
     pub path_depth: u64,
+    /// Bytes the sink may pass to the host in one call (wasmtime's hostcall
+    /// fuel): what the host copies out of guest memory before any other
+    /// limit can look at it, e.g. the buffer of one WASI `write`.
+    pub call_bytes: u64,
 }
 
 impl Default for Limits {
@@ -75,7 +79,75 @@ impl Default for Limits {
             staging_files: 10_000,
             open_files: 256,
             path_depth: 64,
+            call_bytes: 128 << 20,
         }
+    }
+}
+
+/// Host memory that does not depend on the sink: the binary, the engine and
+/// its compiled code, the thread stacks, the allocator's slack. Measured at
+/// 40–70 MiB for `sluice exec` (the component compiled or mapped from the
+/// cache); doubled for margin.
+pub const HOST_BASE_BYTES: u64 = 128 << 20;
+
+/// The same for `sluice run`: the above plus the Kafka client, the Delta
+/// client's runtime and its open tables (small tables, as in the tests).
+pub const PIPELINE_BASE_BYTES: u64 = 256 << 20;
+
+/// Bytes an Arrow column holds once decoded (the value widest of the
+/// declared types, 8, plus offsets or validity), for the commit term.
+const COMMIT_BYTES_PER_VALUE: u64 = 16;
+
+impl Limits {
+    /// The most host memory one batch of the sink can make the host hold,
+    /// as a formula of the limits:
+    ///
+    /// ```text
+    /// memory_bytes               the instance's linear memory
+    /// + call_bytes               arguments copied out of it for one host call
+    /// + output_bytes             the staged output: rows, plus the per-row and
+    ///                            per-operation charges, plus what parsing a row
+    ///                            or reading a staged file needs while it runs
+    /// + 2 × (log_bytes + log_lines × 128)
+    ///                            the log (each line's bookkeeping counted at
+    ///                            128 bytes) and the copy handed out with the
+    ///                            batch's output or failure
+    /// + 4 × chunk_bytes          the chunk being packed, the one read ahead,
+    ///                            the one lowered into the guest, and slack
+    /// + HOST_BASE_BYTES          what the host holds whatever the sink does
+    /// ```
+    ///
+    /// Every term is charged before it is allocated: a request that would
+    /// pass one ends the batch with that limit's error instead.
+    pub fn host_memory_bound(&self) -> u64 {
+        let log = self.log_bytes.saturating_add(self.log_lines.saturating_mul(128));
+        self.memory_bytes
+            .saturating_add(self.call_bytes)
+            .saturating_add(self.output_bytes)
+            .saturating_add(log.saturating_mul(2))
+            .saturating_add(u64::from(self.chunk_bytes).saturating_mul(4))
+            .saturating_add(HOST_BASE_BYTES)
+    }
+
+    /// The bound for `sluice run`, whose commit of batch N overlaps the sink
+    /// of batch N+1: [`host_memory_bound`](Self::host_memory_bound) for the
+    /// running batch, plus the committing batch's staged output
+    /// (`output_bytes`) and its decoded form, counted three times (decoded,
+    /// reduced to one row per key, and handed to the Delta writer):
+    /// `3 × (output_bytes + output_rows × columns × 16)`, with `columns` the
+    /// widest declared table. The Delta writer's own working memory on top
+    /// grows with the rows written and the table, which the limits bound,
+    /// not with anything else the sink does.
+    pub fn pipeline_memory_bound(&self, columns: usize) -> u64 {
+        let decoded = self
+            .output_rows
+            .saturating_mul(columns as u64)
+            .saturating_mul(COMMIT_BYTES_PER_VALUE)
+            .saturating_add(self.output_bytes);
+        (self.host_memory_bound() - HOST_BASE_BYTES)
+            .saturating_add(self.output_bytes)
+            .saturating_add(decoded.saturating_mul(3))
+            .saturating_add(PIPELINE_BASE_BYTES)
     }
 }
 
@@ -109,6 +181,8 @@ pub enum Limit {
     OpenFiles,
     /// `limits.path_depth`
     PathDepth,
+    /// `limits.call_bytes`
+    CallBytes,
 }
 
 impl Limit {
@@ -128,6 +202,7 @@ impl Limit {
             Limit::StagingFiles => "limits.staging_files",
             Limit::OpenFiles => "limits.open_files",
             Limit::PathDepth => "limits.path_depth",
+            Limit::CallBytes => "limits.call_bytes",
         }
     }
 
@@ -146,6 +221,7 @@ impl Limit {
             Limit::StagingFiles => "its /staging entries limit (files, directories and links created)",
             Limit::OpenFiles => "its open-files limit (descriptors, streams and listings held at once)",
             Limit::PathDepth => "its path depth limit",
+            Limit::CallBytes => "its per-call copy limit (bytes passed to one host call)",
         }
     }
 
@@ -165,6 +241,7 @@ impl Limit {
             Limit::StagingFiles => limits.staging_files,
             Limit::OpenFiles => limits.open_files,
             Limit::PathDepth => limits.path_depth,
+            Limit::CallBytes => limits.call_bytes,
         }
     }
 }
@@ -208,11 +285,26 @@ impl Budget {
     /// Charge `amount`; fails once the total would pass the limit.
     pub(crate) fn charge(&self, amount: u64) -> Result<(), LimitExceeded> {
         use std::sync::atomic::Ordering::Relaxed;
-        let before = self.used.fetch_add(amount, Relaxed);
+        // Saturating, so a huge charge cannot wrap the total back under the
+        // limit: once past it, every later charge fails too.
+        let before = self.used.fetch_update(Relaxed, Relaxed, |u| Some(u.saturating_add(amount))).unwrap_or(u64::MAX);
         if before.saturating_add(amount) > self.max {
-            return Err(LimitExceeded { limit: self.limit, value: self.max });
+            return Err(self.exceeded());
         }
         Ok(())
+    }
+
+    /// Fails if `amount` more would pass the limit, charging nothing: for
+    /// memory the host needs only while one request runs (parsing a row).
+    pub(crate) fn check(&self, amount: u64) -> Result<(), LimitExceeded> {
+        if self.used.load(std::sync::atomic::Ordering::Relaxed).saturating_add(amount) > self.max {
+            return Err(self.exceeded());
+        }
+        Ok(())
+    }
+
+    pub(crate) fn exceeded(&self) -> LimitExceeded {
+        LimitExceeded { limit: self.limit, value: self.max }
     }
 }
 
@@ -283,6 +375,25 @@ mod tests {
         drop(a);
         let _c = g.take(1).expect("a dropped share can be taken again");
         assert!(g.take(1).is_err(), "a failed take takes nothing, and nothing more is free");
+    fn budget_checks_without_charging() {
+        let b = Budget::new(Limit::OutputBytes, &Limits { output_bytes: 10, ..Limits::default() });
+        b.charge(4).unwrap();
+        assert!(b.check(6).is_ok());
+        assert!(b.check(7).is_err());
+        assert!(b.charge(7).is_err());
+        assert!(b.charge(0).is_err(), "a budget once exceeded stays exceeded");
+    }
+
+    #[test]
+    fn memory_bound_is_the_documented_formula() {
+        let l = Limits::default();
+        let log = l.log_bytes + l.log_lines * 128;
+        let sandbox = l.memory_bytes + l.call_bytes + l.output_bytes + 2 * log + 4 * u64::from(l.chunk_bytes);
+        assert_eq!(l.host_memory_bound(), sandbox + HOST_BASE_BYTES);
+        let decoded = l.output_rows * 6 * 16 + l.output_bytes;
+        assert_eq!(l.pipeline_memory_bound(6), sandbox + l.output_bytes + 3 * decoded + PIPELINE_BASE_BYTES);
+        let huge = Limits { memory_bytes: u64::MAX, ..Limits::default() };
+        assert_eq!(huge.host_memory_bound(), u64::MAX, "saturates rather than wrapping");
     }
 
     #[test]

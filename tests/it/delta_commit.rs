@@ -110,8 +110,8 @@ fn an_upsert_staged_in_two_calls_keeps_the_last_row_of_each_key() {
     let first = b1.ops[0].clone();
     let StagedRows::JsonLines(lines) = &first.rows else { panic!("orders-upsert stages JSON lines") };
     // A second call restaging o-1 (an existing key) and o-2 (a new one).
-    let later = String::from_utf8(lines.clone()).unwrap().replace("\"paid\"", "\"refunded\"").replace("\"new\"", "\"shipped\"");
-    b1.ops.push(StagedOp { rows: StagedRows::JsonLines(later.into_bytes()), ..first });
+    let later = String::from_utf8(lines.to_vec()).unwrap().replace("\"paid\"", "\"refunded\"").replace("\"new\"", "\"shipped\"");
+    b1.ops.push(StagedOp { rows: StagedRows::JsonLines(later.into_bytes().into()), ..first });
     committer.commit(&b1).unwrap();
 
     let rows = read_table(&dir.path().join("orders"), "order_id");

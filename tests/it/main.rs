@@ -10,6 +10,7 @@ mod delta_commit;
 mod determinism;
 mod harness;
 mod hostile;
+mod hostile_output;
 mod hostile_sandbox;
 mod isolation;
 mod kafka_faults;

@@ -172,9 +172,15 @@ struct ExecArgs {
     /// Override a limit, e.g. `--limit fuel=1000000` (repeatable).
     #[arg(long = "limit", value_name = "KEY=VALUE")]
     limits: Vec<String>,
-    /// Tables the sink may stage to (comma-separated). Default: any.
+    /// Tables the sink may stage to (comma-separated), upserts on any keys.
+    /// Default: any table.
     #[arg(long, value_delimiter = ',')]
     tables: Option<Vec<String>>,
+    /// A table and its key columns, `TABLE=KEY[,KEY…]` (repeatable), as
+    /// `[[tables]] keys` declares them: upserts to it must use exactly
+    /// these keys. `TABLE=` declares a table without keys (appends only).
+    #[arg(long = "keys", value_name = "TABLE=KEYS")]
+    keys: Vec<String>,
     /// Also print the staged JSON rows.
     #[arg(long)]
     rows: bool,
@@ -410,6 +416,15 @@ fn exec(args: ExecArgs) -> Result<ExitCode> {
     let mut builder = RuntimeBuilder::new(scratch).with_limits(limits).with_cache_dir(args.cache_dir.unwrap_or_else(default_cache_dir));
     if let Some(tables) = args.tables {
         builder = builder.with_tables(tables);
+    }
+    let mut keyed = Vec::new();
+    for k in &args.keys {
+        let Some((table, keys)) = k.split_once('=') else { bail!("--keys {k}: expected TABLE=KEY[,KEY…], e.g. orders=order_id") };
+        let keys = keys.split(',').map(str::trim).filter(|k| !k.is_empty()).map(str::to_owned).collect();
+        keyed.push((table.trim().to_owned(), keys));
+    }
+    if !keyed.is_empty() {
+        builder = builder.with_keyed_tables(keyed);
     }
     let runtime = builder.build()?;
     let sink = runtime.load(&args.component)?;

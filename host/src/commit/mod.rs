@@ -617,7 +617,7 @@ fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> 
     let mut batches = Vec::new();
     match modes.first() {
         None | Some(WriteMode::Append) => {
-            batches = decode_all(ops, &schema).map_err(schema_err)?;
+            batches = coalesce(&schema, decode_all(ops, &schema).map_err(schema_err)?).map_err(schema_err)?;
             if batches.is_empty() {
                 // No rows for this table: still commit, so the transaction
                 // records that the table has seen this batch.
@@ -630,12 +630,57 @@ fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> 
                 return Err(schema_err(format!("upsert key `{k}` is not a column")));
             }
             let decoded = decode_all(ops, &schema).map_err(schema_err)?;
-            if !decoded.is_empty() {
-                batches.push(last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?);
+            if decoded.iter().all(|b| b.num_rows() == 0) {
+                // Nothing to merge (a MERGE needs a source with rows): commit
+                // an empty write, so the table still records the batch.
+                return Ok(Prepared::Append(vec![RecordBatch::new_empty(schema)]));
             }
+            batches.push(last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?);
             Ok(Prepared::Upsert { keys: keys.clone(), batches })
         }
     }
+}
+
+/// Runs of small record batches (many small staged operations, each its own
+/// batch) concatenated into batches of about `COALESCE_ROWS` rows: the Delta
+/// writer pays per batch, so a million one-row batches made the commit slow.
+/// Batches of `SMALL_ROWS` rows or more (a staged chunk, a decoded JSON
+/// batch) are passed on as they are: copying them would cost more than it
+/// saves.
+fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordBatch>, String> {
+    const SMALL_ROWS: usize = 1024;
+    const COALESCE_ROWS: usize = 64 * 1024;
+    if batches.iter().filter(|b| b.num_rows() < SMALL_ROWS).nth(1).is_none() {
+        return Ok(batches);
+    }
+    let mut out = Vec::new();
+    let mut run: Vec<RecordBatch> = Vec::new();
+    let mut rows = 0;
+    let flush = |run: &mut Vec<RecordBatch>, out: &mut Vec<RecordBatch>| -> Result<(), String> {
+        match run.len() {
+            0 => {}
+            1 => out.push(run.pop().expect("one")),
+            _ => out.push(arrow_select::concat::concat_batches(schema, run.iter()).map_err(|e| e.to_string())?),
+        }
+        run.clear();
+        Ok(())
+    };
+    for b in batches {
+        if b.num_rows() >= SMALL_ROWS {
+            flush(&mut run, &mut out)?;
+            rows = 0;
+            out.push(b);
+            continue;
+        }
+        rows += b.num_rows();
+        run.push(b);
+        if rows >= COALESCE_ROWS {
+            flush(&mut run, &mut out)?;
+            rows = 0;
+        }
+    }
+    flush(&mut run, &mut out)?;
+    Ok(out)
 }
 
 /// Every op's rows as Arrow record batches, in op order, decoded on up to

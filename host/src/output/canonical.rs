@@ -20,13 +20,15 @@ pub(super) fn is_canonical_row(row: &[u8], keys: &[String]) -> bool {
     if std::str::from_utf8(row).is_err() {
         return false;
     }
-    let mut top_level = Vec::new();
+    // Which key columns were seen, not null, at the top level: one flag per
+    // key, so checking a row allocates nothing that grows with the row.
+    let mut found = vec![false; keys.len()];
     let mut scan = Scan { bytes: row, pos: 0, depth: 0 };
-    let want_members = if keys.is_empty() { None } else { Some(&mut top_level) };
-    if scan.peek() != Some(b'{') || !scan.object(want_members) || scan.pos != row.len() {
+    let want = if keys.is_empty() { None } else { Some((keys, found.as_mut_slice())) };
+    if scan.peek() != Some(b'{') || !scan.object(want) || scan.pos != row.len() {
         return false;
     }
-    keys.iter().all(|k| top_level.iter().any(|&(name, is_null)| name == k.as_bytes() && !is_null))
+    found.iter().all(|&f| f)
 }
 
 /// A cursor over a row; every method returns `false` as soon as the bytes
@@ -61,9 +63,9 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// `{"a":…,"b":…}` with keys strictly ascending. Records the members
-    /// (name, value is null) into `members` when asked.
-    fn object(&mut self, mut members: Option<&mut Vec<(&'a [u8], bool)>>) -> bool {
+    /// `{"a":…,"b":…}` with keys strictly ascending. Marks, when asked,
+    /// which of `keys` are members with a value other than null.
+    fn object(&mut self, mut members: Option<(&[String], &mut [bool])>) -> bool {
         self.depth += 1;
         if self.depth > MAX_DEPTH || !self.eat(b'{') {
             return false;
@@ -80,8 +82,11 @@ impl<'a> Scan<'a> {
                 if !self.value() {
                     return false;
                 }
-                if let Some(members) = members.as_deref_mut() {
-                    members.push((key, is_null));
+                if let Some((keys, found)) = members.as_mut()
+                    && !is_null
+                    && let Some(i) = keys.iter().position(|k| k.as_bytes() == key)
+                {
+                    found[i] = true;
                 }
                 previous = Some(key);
                 if self.eat(b'}') {

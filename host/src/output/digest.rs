@@ -5,42 +5,60 @@
 //! running the sink. So the digest is computed as operations are staged, and
 //! from the first large one on, on a thread of its own: the sink goes on
 //! while its earlier output is hashed. The bytes hashed are the same either
-//! way, so is the digest.
+//! way, so is the digest. What waits for the thread is bounded: large
+//! operations are shared with it, small ones gathered into parts of a MiB,
+//! at most a few parts in flight.
 
-use super::{StagedOp, StagedRows, WriteMode};
+use super::{FileFormat, WriteMode};
 use arrow_buffer::Buffer;
+use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
-use std::sync::mpsc::{Sender, channel};
+use std::sync::mpsc::{SyncSender, sync_channel};
 use std::thread::JoinHandle;
 
 /// Operations at least this big move the hashing to its own thread.
 const BACKGROUND_FROM_BYTES: usize = 1 << 20;
+/// Small operations staged once hashing moved are gathered, already
+/// encoded, into one part of about this size: one message per MiB rather
+/// than one per call.
+const PART_BYTES: usize = 1 << 20;
+/// Parts in flight to the hashing thread. Bounded, so a sink staging faster
+/// than it is hashed waits instead of piling up copies.
+const PARTS_IN_FLIGHT: usize = 4;
 
-/// An operation's rows, as the hashing thread holds them: Arrow streams are
-/// shared, JSON lines copied (a copy costs a fraction of hashing them).
-enum Rows {
-    Copied(Vec<u8>),
-    Shared(Buffer),
+/// An operation's rows, as given to the digest: borrowed (copied if they
+/// must wait for the hashing thread) or shared.
+pub(crate) enum Rows<'a> {
+    Copied(&'a [u8]),
+    Json(Bytes),
+    Arrow(Buffer),
 }
 
-impl Rows {
+impl Rows<'_> {
     fn bytes(&self) -> &[u8] {
         match self {
             Rows::Copied(b) => b,
-            Rows::Shared(b) => b.as_slice(),
+            Rows::Json(b) => b,
+            Rows::Arrow(b) => b.as_slice(),
         }
     }
 }
 
-/// One operation, ready to hash: everything before the rows, then the rows.
-struct Part {
-    head: Vec<u8>,
-    rows: Rows,
+/// What the hashing thread hashes: bytes already laid out as the format
+/// wants them, or one operation's head followed by its shared rows.
+enum Part {
+    Encoded(Vec<u8>),
+    Shared { head: Vec<u8>, rows: Shared },
+}
+
+enum Shared {
+    Json(Bytes),
+    Arrow(Buffer),
 }
 
 enum State {
     Inline(Sha256),
-    Background { parts: Sender<Part>, hashed: JoinHandle<Sha256> },
+    Background { parts: SyncSender<Part>, pending: Vec<u8>, hashed: JoinHandle<Sha256> },
 }
 
 /// The digest of a batch's output, fed one operation at a time.
@@ -54,9 +72,9 @@ impl OutputDigest {
     }
 
     /// Add the next operation.
-    pub(crate) fn add(&mut self, op: &StagedOp) {
-        let head = head(op);
-        let bytes = op.rows.bytes();
+    pub(crate) fn add(&mut self, table: &str, mode: &WriteMode, format: FileFormat, rows: Rows<'_>) {
+        let head = head(table, mode, format);
+        let bytes = rows.bytes();
         if let State::Inline(h) = &mut self.0
             && bytes.len() < BACKGROUND_FROM_BYTES
         {
@@ -66,12 +84,16 @@ impl OutputDigest {
         if let State::Inline(h) = &mut self.0 {
             // The state so far goes to the thread once it runs; without a
             // thread, hashing goes on here.
-            let (state, received_state) = channel::<Sha256>();
-            let (parts, received) = channel::<Part>();
+            let (state, received_state) = sync_channel::<Sha256>(1);
+            let (parts, received) = sync_channel::<Part>(PARTS_IN_FLIGHT);
             let spawned = std::thread::Builder::new().name("sluice-digest".into()).spawn(move || {
                 let mut h = received_state.recv().unwrap_or_default();
                 for part in received {
-                    update(&mut h, &part.head, part.rows.bytes());
+                    match part {
+                        Part::Encoded(b) => h.update(&b),
+                        Part::Shared { head, rows: Shared::Json(b) } => update(&mut h, &head, &b),
+                        Part::Shared { head, rows: Shared::Arrow(b) } => update(&mut h, &head, b.as_slice()),
+                    }
                 }
                 h
             });
@@ -80,21 +102,38 @@ impl OutputDigest {
                 return;
             };
             let _ = state.send(std::mem::take(h));
-            self.0 = State::Background { parts, hashed };
+            self.0 = State::Background { parts, pending: Vec::new(), hashed };
         }
-        let State::Background { parts, .. } = &self.0 else { unreachable!("moved to the background above") };
-        let rows = match &op.rows {
-            StagedRows::JsonLines(b) => Rows::Copied(b.clone()),
-            StagedRows::ArrowIpc(a) => Rows::Shared(a.buffer().clone()),
+        let State::Background { parts, pending, .. } = &mut self.0 else { unreachable!("moved to the background above") };
+        let send = |parts: &SyncSender<Part>, part: Part| parts.send(part).expect("the hashing thread runs until the sender is dropped");
+        let shared = match rows {
+            Rows::Copied(b) if b.len() < PART_BYTES => {
+                pending.extend_from_slice(&head);
+                pending.extend_from_slice(&(b.len() as u64).to_be_bytes());
+                pending.extend_from_slice(b);
+                if pending.len() >= PART_BYTES {
+                    send(parts, Part::Encoded(std::mem::take(pending)));
+                }
+                return;
+            }
+            Rows::Copied(b) => Shared::Json(Bytes::copy_from_slice(b)),
+            Rows::Json(b) => Shared::Json(b),
+            Rows::Arrow(b) => Shared::Arrow(b),
         };
-        parts.send(Part { head, rows }).expect("the hashing thread runs until the sender is dropped");
+        if !pending.is_empty() {
+            send(parts, Part::Encoded(std::mem::take(pending)));
+        }
+        send(parts, Part::Shared { head, rows: shared });
     }
 
     /// The hex digest of every operation added.
     pub(crate) fn finish(self) -> String {
         let h = match self.0 {
             State::Inline(h) => h,
-            State::Background { parts, hashed } => {
+            State::Background { parts, pending, hashed } => {
+                if !pending.is_empty() {
+                    parts.send(Part::Encoded(pending)).expect("the hashing thread runs until the sender is dropped");
+                }
                 drop(parts);
                 hashed.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))
             }
@@ -110,14 +149,14 @@ fn update(h: &mut Sha256, head: &[u8], rows: &[u8]) {
 }
 
 /// Table, mode and format, length-prefixed where variable.
-fn head(op: &StagedOp) -> Vec<u8> {
+fn head(table: &str, mode: &WriteMode, format: FileFormat) -> Vec<u8> {
     fn field(out: &mut Vec<u8>, bytes: &[u8]) {
         out.extend_from_slice(&(bytes.len() as u64).to_be_bytes());
         out.extend_from_slice(bytes);
     }
     let mut out = Vec::new();
-    field(&mut out, op.table.as_bytes());
-    match &op.mode {
+    field(&mut out, table.as_bytes());
+    match mode {
         WriteMode::Append => out.push(0),
         WriteMode::Upsert { keys } => {
             out.push(1);
@@ -125,6 +164,6 @@ fn head(op: &StagedOp) -> Vec<u8> {
             keys.iter().for_each(|k| field(&mut out, k.as_bytes()));
         }
     }
-    out.push(op.rows.format() as u8);
+    out.push(format as u8);
     out
 }

@@ -16,13 +16,22 @@ use crate::sandbox::bindings::sluice::sink::output as wit;
 use arrow_array::RecordBatch;
 use arrow_buffer::Buffer;
 use cap_std::fs::Dir;
+use bytes::Bytes;
 use serde::Serialize;
-use serde_json::Value;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 mod canonical;
 mod digest;
+#[cfg(test)]
+mod fuzz;
+mod ipc_stream;
+mod json_rows;
+
+use ipc_stream::arrow_rows;
+pub(crate) use json_rows::JsonRows;
+#[cfg(test)]
+use json_rows::write_canonical;
 
 use digest::OutputDigest;
 
@@ -53,7 +62,7 @@ pub enum FileFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StagedRows {
     /// Canonical JSON objects, one per line, each line ending in `\n`.
-    JsonLines(Vec<u8>),
+    JsonLines(Bytes),
     /// An Arrow IPC stream, as the sink wrote it, and its record batches.
     ArrowIpc(ArrowRows),
 }
@@ -111,7 +120,9 @@ impl StagedRows {
     }
 }
 
-/// One `stage` call of the sink.
+/// One staged operation: a `stage` call of the sink, or several small JSON
+/// ones of the same table and mode, merged (after they were digested, so
+/// the digest is the same either way).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StagedOp {
     /// Target table.
@@ -129,7 +140,8 @@ pub struct StagedOp {
 pub struct TableSummary {
     /// Table.
     pub table: String,
-    /// Number of `stage` calls.
+    /// Number of operations: `stage` calls, small adjacent JSON ones of a
+    /// table merged into one.
     pub operations: usize,
     /// Rows appended.
     pub appended_rows: u64,
@@ -194,23 +206,110 @@ impl BatchOutput {
     }
 }
 
+/// Bytes of `limits.output_bytes` charged for every `stage` call, beyond its
+/// rows: the arguments' bookkeeping and the operation's digest header. A
+/// call with no rows still pays it, so a sink cannot make the host keep
+/// or hash operations for free.
+pub(crate) const OP_CHARGE: u64 = 64;
+/// Charged for an operation the host keeps on its own (an Arrow stream, a
+/// large JSON operation, or the first of its table): its record and the
+/// table name and keys it holds.
+pub(crate) const KEPT_OP_CHARGE: u64 = 512;
+/// Charged for every staged row beyond its bytes (the newline and the
+/// per-row bookkeeping of the commit).
+pub(crate) const ROW_CHARGE: u64 = 16;
+/// Charged for every Arrow array (field node) and field of a staged stream:
+/// what the decoded array or field holds besides the stream's bytes.
+pub(crate) const ARRAY_CHARGE: u64 = 256;
+/// A row that is not canonical is parsed into a `serde_json::Value` tree,
+/// which can take this many times the row's length (`[{"":0},…]`: a B-tree
+/// node of ~640 bytes per 7 bytes of text). That much must be left of
+/// `limits.output_bytes` while it is parsed.
+pub(crate) const PARSE_FACTOR: u64 = 128;
+/// JSON operations smaller than this are merged into the previous operation
+/// of their table (same mode), once digested: millions of one-row calls
+/// become a few operations.
+const MERGE_BELOW: usize = 64 << 10;
+/// A merged operation is closed at this size, so the commit still decodes
+/// a large output on two threads.
+const MERGE_UP_TO: usize = 8 << 20;
+
+/// How a table may be staged to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Declared {
+    /// Any upsert keys (no config to check them against: `sluice exec`).
+    AnyKeys,
+    /// Upserts only on exactly these keys (`[[tables]] keys`); none: appends only.
+    Keys(Vec<String>),
+}
+
+/// The tables a batch may stage to.
+pub(crate) type DeclaredTables = BTreeMap<String, Declared>;
+
+/// A `stage` call that ends the batch: the sink broke a rule of the
+/// pipeline, not just sent rows it could fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StageViolation {
+    /// An upsert on keys other than the table's declared keys.
+    #[error(
+        "sink upserted into table `{table}` on [{}], but the table is keyed on [{}] (`tables.keys` in the pipeline config); \
+         the pipeline chooses the merge key, not the sink: upsert on the declared keys{}",
+        .staged.join(", "), .declared.join(", "),
+        if .declared.is_empty() { " (this table declares none, so it takes appends only)" } else { "" }
+    )]
+    MergeKey {
+        /// The table.
+        table: String,
+        /// The keys the sink gave.
+        staged: Vec<String>,
+        /// The table's declared keys.
+        declared: Vec<String>,
+    },
+}
+
+/// An open merged operation: small JSON calls of one table appended here.
+struct Open {
+    /// Index of its operation in `ops`.
+    index: usize,
+    rows: Vec<u8>,
+    count: u64,
+}
+
 /// Collects the `stage` calls of one batch, enforcing the output limits.
+///
+/// Every byte the host keeps or needs for a call is charged against
+/// `limits.output_bytes` (and every row against `limits.output_rows`)
+/// before it is allocated: a row as it is read from guest memory, a staged
+/// file by its length before it is read, a parse by its worst case before
+/// it runs.
 pub(crate) struct OutputCollector {
-    declared: Option<Arc<BTreeSet<String>>>,
+    declared: Option<Arc<DeclaredTables>>,
     ops: Vec<StagedOp>,
+    /// Per table: the open merged operation, if any.
+    open: BTreeMap<String, Open>,
+    /// Per table: the mode of its operations (the commit takes one per table).
+    modes: BTreeMap<String, WriteMode>,
     digest: OutputDigest,
     rows: Budget,
     bytes: Budget,
 }
 
-type StageResult = Result<Result<(), wit::StageError>, LimitExceeded>;
+/// The outer error ends the batch (a limit, a bad call); the inner one is
+/// returned to the sink.
+pub(crate) type StageResult = wasmtime::Result<Result<(), wit::StageError>>;
+
+fn limit(e: LimitExceeded) -> wasmtime::Error {
+    wasmtime::Error::new(e)
+}
 
 impl OutputCollector {
     /// `declared`: the tables the pipeline declares; `None` accepts any name.
-    pub(crate) fn new(declared: Option<Arc<BTreeSet<String>>>, limits: &Limits) -> Self {
+    pub(crate) fn new(declared: Option<Arc<DeclaredTables>>, limits: &Limits) -> Self {
         Self {
             declared,
             ops: Vec::new(),
+            open: BTreeMap::new(),
+            modes: BTreeMap::new(),
             digest: OutputDigest::new(),
             rows: Budget::new(Limit::OutputRows, limits),
             bytes: Budget::new(Limit::OutputBytes, limits),
@@ -218,53 +317,221 @@ impl OutputCollector {
     }
 
     /// The staged operations, in order, and their digest.
-    pub(crate) fn finish(self) -> (Vec<StagedOp>, String) {
+    pub(crate) fn finish(mut self) -> (Vec<StagedOp>, String) {
+        let tables: Vec<String> = self.open.keys().cloned().collect();
+        tables.iter().for_each(|t| self.close(t));
         (self.ops, self.digest.finish())
     }
 
-    /// One `stage` call. The outer error ends the batch (a limit); the inner
-    /// one is returned to the sink.
-    pub(crate) fn stage(&mut self, table: String, mode: wit::WriteMode, rows: wit::Rows, staging: &Dir) -> StageResult {
+    /// Charge bytes the host is about to copy out of guest memory for this
+    /// call (a table name, a key).
+    pub(crate) fn charge_bytes(&self, n: u64) -> wasmtime::Result<()> {
+        self.bytes.charge(n).map_err(limit)
+    }
+
+    /// Start a `stage` call: its fixed charge, then whether `table` may be
+    /// staged to. `Ok(Err)`: the sink's error to handle.
+    pub(crate) fn begin(&self, table: &str) -> StageResult {
+        self.charge_bytes(OP_CHARGE)?;
         if let Some(declared) = &self.declared
-            && !declared.contains(&table)
+            && !declared.contains_key(table)
         {
-            let known = declared.iter().cloned().collect::<Vec<_>>().join(", ");
+            let known = declared.keys().cloned().collect::<Vec<_>>().join(", ");
             return Ok(Err(wit::StageError::UnknownTable(format!(
                 "table `{table}` is not declared by the pipeline (declared: {known})"
             ))));
         }
-        let mode = match mode {
-            wit::WriteMode::Append => WriteMode::Append,
-            wit::WriteMode::Upsert(keys) if keys.is_empty() => {
+        Ok(Ok(()))
+    }
+
+    /// Check the mode of a call to `table` (after [`begin`](Self::begin)):
+    /// declared keys, and one mode per table per batch.
+    pub(crate) fn check_mode(&self, table: &str, mode: &WriteMode) -> StageResult {
+        if let WriteMode::Upsert { keys } = mode {
+            if keys.is_empty() {
                 return Ok(Err(wit::StageError::InvalidRows("upsert needs at least one key column".into())));
             }
-            wit::WriteMode::Upsert(keys) => WriteMode::Upsert { keys },
-        };
-        let keys: &[String] = match &mode {
-            WriteMode::Append => &[],
-            WriteMode::Upsert { keys } => keys,
-        };
-        let parsed = match rows {
-            wit::Rows::Json(rows) => canonical_json_rows(rows.iter().map(|r| r.as_bytes()), keys),
-            wit::Rows::File((path, format)) => match read_staged_file(staging, &path) {
-                Err(e) => return Ok(Err(e)),
-                Ok(bytes) => match format {
-                    wit::FileFormat::JsonLines => canonical_json_rows(json_lines(&bytes), keys)
-                        .map_err(|e| wit::StageError::InvalidRows(format!("{path}: {}", stage_error_text(e)))),
-                    wit::FileFormat::ArrowIpc => arrow_rows(bytes, keys, &path),
-                },
-            },
-        };
-        let (rows, row_count) = match parsed {
-            Ok(parsed) => parsed,
+            if let Some(Declared::Keys(declared)) = self.declared.as_ref().and_then(|d| d.get(table)) {
+                let staged: BTreeSet<&String> = keys.iter().collect();
+                if staged.len() != keys.len() || staged != declared.iter().collect() {
+                    return Err(wasmtime::Error::new(StageViolation::MergeKey {
+                        table: table.to_owned(),
+                        staged: keys.clone(),
+                        declared: declared.clone(),
+                    }));
+                }
+            }
+        }
+        if let Some(previous) = self.modes.get(table)
+            && previous != mode
+        {
+            return Ok(Err(wit::StageError::InvalidRows(format!(
+                "table `{table}` was staged to with {} before; a batch must stage either appends or upserts \
+                 on the same keys to a table, not a mix",
+                describe(previous)
+            ))));
+        }
+        Ok(Ok(()))
+    }
+
+    /// JSON rows given as an iterator (the lazily lifting caller reads them
+    /// one at a time itself, with [`push_json_row`](Self::push_json_row)).
+    #[cfg(test)]
+    pub(crate) fn stage_json<'a>(
+        &mut self,
+        table: &str,
+        mode: WriteMode,
+        rows: impl Iterator<Item = wasmtime::Result<std::borrow::Cow<'a, str>>>,
+    ) -> StageResult {
+        let mut out = JsonRows::new(mode_keys(&mode));
+        for row in rows {
+            if let Err(e) = self.push_json_row(&mut out, row?.as_bytes())? {
+                return Ok(Err(e));
+            }
+        }
+        self.finish_json(table, mode, out)?;
+        Ok(Ok(()))
+    }
+
+    /// One row of a JSON call, charged (a row, its bytes) before it is kept.
+    pub(crate) fn push_json_row(&self, rows: &mut JsonRows, row: &[u8]) -> StageResult {
+        self.rows.charge(1).map_err(limit)?;
+        rows.push(row, &self.bytes).map_err(limit)
+    }
+
+    /// A file the sink wrote under `/staging`. Its length is checked against
+    /// what is left of `limits.output_bytes` before anything is read (a
+    /// sparse file can be far longer than the bytes written into it).
+    pub(crate) fn stage_file(&mut self, table: &str, mode: WriteMode, staging: &Dir, path: &str, format: wit::FileFormat) -> StageResult {
+        let file = match open_staged_file(staging, path) {
+            Ok(f) => f,
             Err(e) => return Ok(Err(e)),
         };
-        self.rows.charge(row_count)?;
-        self.bytes.charge(rows.bytes().len() as u64)?;
-        let op = StagedOp { table, mode, rows, row_count };
-        self.digest.add(&op);
-        self.ops.push(op);
+        let relative = path.strip_prefix("/staging/").unwrap_or(path);
+        let read_err = |e: std::io::Error| wit::StageError::File(format!("cannot read /staging/{relative}: {e}"));
+        let len = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => return Ok(Err(read_err(e))),
+        };
+        self.bytes.check(len).map_err(limit)?;
+        let keys = mode_keys(&mode).to_vec();
+        match format {
+            wit::FileFormat::JsonLines => {
+                use std::io::BufRead;
+                let mut reader = std::io::BufReader::new(std::io::Read::take(file.into_std(), len));
+                let mut out = JsonRows::new(&keys);
+                loop {
+                    // Each line is read straight into the rows (the file's
+                    // length fit the budget), then charged and kept or
+                    // re-encoded in place.
+                    let start = out.out.len();
+                    match reader.read_until(b'\n', &mut out.out) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) => return Ok(Err(read_err(e))),
+                    }
+                    if out.out.last() == Some(&b'\n') {
+                        out.out.pop();
+                    }
+                    if out.out[start..].iter().all(u8::is_ascii_whitespace) {
+                        out.out.truncate(start);
+                        continue;
+                    }
+                    self.rows.charge(1).map_err(limit)?;
+                    self.bytes.charge((out.out.len() - start) as u64 + ROW_CHARGE).map_err(limit)?;
+                    if let Err(e) = out.finish_row(start, &self.bytes).map_err(limit)? {
+                        return Ok(Err(wit::StageError::InvalidRows(format!("{path}: {}", stage_error_text(e)))));
+                    }
+                }
+                self.finish_json(table, mode, out)?;
+            }
+            wit::FileFormat::ArrowIpc => {
+                // Read into a 64-byte aligned buffer: the decoded columns are
+                // slices of it, never realigned copies.
+                self.bytes.charge(len).map_err(limit)?;
+                let mut buffer = arrow_buffer::MutableBuffer::from_len_zeroed(len as usize);
+                if let Err(e) = std::io::Read::read_exact(&mut file.into_std(), buffer.as_slice_mut()) {
+                    return Ok(Err(read_err(e)));
+                }
+                let rows = match arrow_rows(buffer.into(), &keys, path, &self.rows, &self.bytes)? {
+                    Ok(rows) => rows,
+                    Err(e) => return Ok(Err(e)),
+                };
+                self.add_kept(table, mode, rows)?;
+            }
+        }
         Ok(Ok(()))
+    }
+
+    /// Digest a JSON operation, then merge it into its table's open
+    /// operation when both are small.
+    pub(crate) fn finish_json(&mut self, table: &str, mode: WriteMode, rows: JsonRows) -> wasmtime::Result<()> {
+        let (out, count) = rows.into_parts();
+        self.modes.entry(table.to_owned()).or_insert_with(|| mode.clone());
+        if out.len() >= MERGE_BELOW {
+            // Large: kept on its own, its bytes shared with the digest.
+            self.charge_bytes(KEPT_OP_CHARGE)?;
+            let out = Bytes::from(out);
+            self.digest.add(table, &mode, FileFormat::JsonLines, digest::Rows::Json(out.clone()));
+            self.close(table);
+            self.ops.push(StagedOp { table: table.to_owned(), mode, rows: StagedRows::JsonLines(out), row_count: count });
+            return Ok(());
+        }
+        if !self.open.contains_key(table) {
+            self.charge_bytes(KEPT_OP_CHARGE)?;
+        }
+        self.digest.add(table, &mode, FileFormat::JsonLines, digest::Rows::Copied(&out));
+        if let Some(open) = self.open.get_mut(table) {
+            open.rows.extend_from_slice(&out);
+            open.count += count;
+            if open.rows.len() >= MERGE_UP_TO {
+                self.close(table);
+            }
+            return Ok(());
+        }
+        // The first small operation opens a merged one.
+        let index = self.ops.len();
+        self.ops.push(StagedOp { table: table.to_owned(), mode, rows: StagedRows::JsonLines(Bytes::new()), row_count: 0 });
+        self.open.insert(table.to_owned(), Open { index, rows: out, count });
+        Ok(())
+    }
+
+    /// An operation kept on its own (an Arrow stream).
+    fn add_kept(&mut self, table: &str, mode: WriteMode, rows: (StagedRows, u64)) -> wasmtime::Result<()> {
+        let (rows, row_count) = rows;
+        self.charge_bytes(KEPT_OP_CHARGE)?;
+        let digested = match &rows {
+            StagedRows::ArrowIpc(a) => digest::Rows::Arrow(a.buffer().clone()),
+            StagedRows::JsonLines(b) => digest::Rows::Json(b.clone()),
+        };
+        self.digest.add(table, &mode, rows.format(), digested);
+        self.modes.entry(table.to_owned()).or_insert_with(|| mode.clone());
+        self.close(table);
+        self.ops.push(StagedOp { table: table.to_owned(), mode, rows, row_count });
+        Ok(())
+    }
+
+    /// Close `table`'s open merged operation: later calls start a new one.
+    fn close(&mut self, table: &str) {
+        if let Some(open) = self.open.remove(table) {
+            let op = &mut self.ops[open.index];
+            op.rows = StagedRows::JsonLines(Bytes::from(open.rows));
+            op.row_count = open.count;
+        }
+    }
+}
+
+fn mode_keys(mode: &WriteMode) -> &[String] {
+    match mode {
+        WriteMode::Append => &[],
+        WriteMode::Upsert { keys } => keys,
+    }
+}
+
+fn describe(mode: &WriteMode) -> String {
+    match mode {
+        WriteMode::Append => "appends".into(),
+        WriteMode::Upsert { keys } => format!("upserts on [{}]", keys.join(", ")),
     }
 }
 
@@ -274,155 +541,18 @@ fn stage_error_text(e: wit::StageError) -> String {
     }
 }
 
-fn json_lines(bytes: &[u8]) -> impl Iterator<Item = &[u8]> {
-    bytes.split(|&b| b == b'\n').filter(|line| !line.iter().all(u8::is_ascii_whitespace))
-}
-
-fn canonical_json_rows<'a>(
-    rows: impl Iterator<Item = &'a [u8]>,
-    keys: &[String],
-) -> Result<(StagedRows, u64), wit::StageError> {
-    let expected_rows = rows.size_hint().0.max(1);
-    let mut out = Vec::new();
-    let mut count = 0u64;
-    for (i, row) in rows.enumerate() {
-        if out.is_empty() {
-            // Rows are usually alike: size the output once, not by doubling.
-            out.reserve((row.len() + 1).saturating_mul(expected_rows));
-        }
-        if canonical::is_canonical_row(row, keys) {
-            out.extend_from_slice(row);
-            out.push(b'\n');
-            count += 1;
-            continue;
-        }
-        let invalid = |what: String| wit::StageError::InvalidRows(format!("row {i}: {what}"));
-        let value: Value = serde_json::from_slice(row).map_err(|e| invalid(format!("not valid JSON: {e}")))?;
-        let Value::Object(map) = &value else {
-            return Err(invalid("not a JSON object".into()));
-        };
-        if let Some(key) = keys.iter().find(|k| map.get(*k).is_none_or(Value::is_null)) {
-            return Err(invalid(format!("key column `{key}` is missing or null")));
-        }
-        write_canonical(&value, &mut out);
-        out.push(b'\n');
-        count += 1;
-    }
-    Ok((StagedRows::JsonLines(out), count))
-}
-
-/// JSON with object keys sorted and no whitespace. Written out by hand so
-/// it does not depend on serde_json's `preserve_order` feature, which any
-/// dependency could switch on.
-fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, k).expect("writing to a Vec");
-                out.push(b':');
-                write_canonical(v, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec"),
-    }
-}
-
-fn read_staged_file(staging: &Dir, path: &str) -> Result<Vec<u8>, wit::StageError> {
+fn open_staged_file(staging: &Dir, path: &str) -> Result<cap_std::fs::File, wit::StageError> {
     let relative = path.strip_prefix("/staging/").unwrap_or(path);
     if relative.starts_with('/') {
         return Err(wit::StageError::File(format!("{path}: staged files must be under /staging")));
     }
     // cap-std refuses `..` and symlinks that lead out of the directory.
-    staging.read(relative).map_err(|e| wit::StageError::File(format!("cannot read /staging/{relative}: {e}")))
-}
-
-/// Walk the IPC stream's message frames and check every declared length
-/// against the bytes actually there. arrow's reader allocates what a length
-/// prefix claims before reading, so without this a 9-byte file could make the
-/// host allocate gigabytes.
-fn check_ipc_framing(bytes: &[u8]) -> Result<(), String> {
-    let word = |at: usize| bytes.get(at..at + 4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
-    let mut pos = 0usize;
-    while pos < bytes.len() {
-        let start = pos;
-        let mut len = word(pos).ok_or("truncated message header")?;
-        pos += 4;
-        if len == -1 {
-            // Continuation marker (IPC format ≥ 0.15), then the length.
-            len = word(pos).ok_or("truncated message header")?;
-            pos += 4;
-        }
-        if len == 0 {
-            return Ok(()); // end-of-stream marker
-        }
-        let remaining = bytes.len() - pos;
-        let len = usize::try_from(len).ok().filter(|&l| l <= remaining).ok_or_else(|| {
-            format!("message at byte {start} declares {len} bytes of metadata but {remaining} remain")
-        })?;
-        let message = arrow_ipc::root_as_message(&bytes[pos..pos + len])
-            .map_err(|e| format!("message at byte {start} has invalid metadata: {e}"))?;
-        pos += len;
-        let remaining = bytes.len() - pos;
-        let body = message.bodyLength();
-        pos += usize::try_from(body).ok().filter(|&b| b <= remaining).ok_or_else(|| {
-            format!("message at byte {start} declares a {body}-byte body but {remaining} bytes remain")
-        })?;
+    let file = staging.open(relative).map_err(|e| wit::StageError::File(format!("cannot read /staging/{relative}: {e}")))?;
+    match file.metadata() {
+        Ok(m) if m.is_file() => Ok(file),
+        Ok(_) => Err(wit::StageError::File(format!("/staging/{relative} is not a regular file"))),
+        Err(e) => Err(wit::StageError::File(format!("cannot read /staging/{relative}: {e}"))),
     }
-    Ok(())
-}
-
-fn arrow_rows(bytes: Vec<u8>, keys: &[String], path: &str) -> Result<(StagedRows, u64), wit::StageError> {
-    let invalid = |what: String| wit::StageError::InvalidRows(format!("{path}: {what}"));
-    check_ipc_framing(&bytes).map_err(|e| invalid(format!("not an Arrow IPC stream: {e}")))?;
-    // Decoded from a buffer that owns the bytes, so aligned columns are
-    // slices of it (misaligned ones are copied); validation stays on.
-    let bytes = Buffer::from_vec(bytes);
-    let mut rest = bytes.clone();
-    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
-    let mut batches = Vec::new();
-    let corrupt = |decoder: &arrow_ipc::reader::StreamDecoder, e| {
-        let what = if decoder.schema().is_some() { "corrupt Arrow IPC stream" } else { "not an Arrow IPC stream" };
-        invalid(format!("{what}: {e}"))
-    };
-    loop {
-        match decoder.decode(&mut rest) {
-            Ok(Some(batch)) => batches.push(batch),
-            Ok(None) => break,
-            Err(e) => return Err(corrupt(&decoder, e)),
-        }
-    }
-    decoder.finish().map_err(|e| corrupt(&decoder, e))?;
-    let schema = decoder.schema().ok_or_else(|| invalid("not an Arrow IPC stream: no schema message".into()))?;
-    if let Some(key) = keys.iter().find(|k| schema.field_with_name(k).is_err()) {
-        return Err(invalid(format!("key column `{key}` is not in the Arrow schema")));
-    }
-    for batch in &batches {
-        for key in keys {
-            let column = batch.column_by_name(key).expect("checked against the schema");
-            if arrow_array::Array::null_count(column.as_ref()) > 0 {
-                return Err(invalid(format!("key column `{key}` has nulls")));
-            }
-        }
-    }
-    let count = batches.iter().map(|b| b.num_rows() as u64).sum();
-    Ok((StagedRows::ArrowIpc(ArrowRows { bytes, batches }), count))
 }
 
 #[cfg(test)]
@@ -430,9 +560,20 @@ mod tests {
     use super::*;
     use sha2::{Digest as _, Sha256};
 
-    fn rows(json: &[&str], keys: &[&str]) -> Result<(StagedRows, u64), wit::StageError> {
+    fn budget(limit: Limit, n: u64) -> Budget {
+        Budget::new(limit, &Limits { output_bytes: n, output_rows: n, ..Limits::default() })
+    }
+
+    /// Rows staged through a budget large enough for them.
+    pub(super) fn rows(json: &[&str], keys: &[&str]) -> Result<(StagedRows, u64), wit::StageError> {
         let keys: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
-        canonical_json_rows(json.iter().map(|r| r.as_bytes()), &keys)
+        let b = budget(Limit::OutputBytes, 1 << 30);
+        let mut out = JsonRows::new(&keys);
+        for r in json {
+            out.push(r.as_bytes(), &b).expect("within budget")?;
+        }
+        let (bytes, n) = out.into_parts();
+        Ok((StagedRows::JsonLines(bytes.into()), n))
     }
 
     #[test]
@@ -455,13 +596,50 @@ mod tests {
         );
     }
 
-    fn arrow_stream(ids: &[Option<i64>]) -> Vec<u8> {
+    /// The first row's length no longer sizes the buffer for all of them
+    /// (it reserved terabytes for one large row and many small ones); each
+    /// row is charged as it comes, and the budget ends it.
+    #[test]
+    fn json_rows_are_charged_row_by_row_before_they_are_kept() {
+        let b = budget(Limit::OutputBytes, 10_000);
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(5000));
+        let mut out = JsonRows::new(&[]);
+        out.push(big.as_bytes(), &b).unwrap().unwrap();
+        for _ in 0..1000 {
+            if let Err(e) = out.push(b"{}", &b) {
+                assert_eq!(e.limit, Limit::OutputBytes);
+                let (bytes, n) = out.into_parts();
+                assert!(bytes.capacity() < 20_000, "nothing reserved ahead: {} bytes", bytes.capacity());
+                assert_eq!(n, 1 + (10_000 - (5008 + 16)) / 18, "rows fit while their charges do");
+                return;
+            }
+        }
+        panic!("18 bytes a row: 1000 empty rows do not fit in 10 000 bytes");
+    }
+
+    /// A row that must be parsed needs `PARSE_FACTOR` × its length free:
+    /// `[{"":0},…]` takes ~100× its text as a `Value`.
+    #[test]
+    fn parsing_a_row_needs_room_for_its_tree() {
+        // Not canonical (a space), so it is parsed.
+        let row = format!("{{\"a\": [{}]}}", vec![r#"{"":0}"#; 1000].join(","));
+        let b = budget(Limit::OutputBytes, row.len() as u64 * 10);
+        assert_eq!(JsonRows::new(&[]).push(row.as_bytes(), &b).unwrap_err().limit, Limit::OutputBytes);
+        let b = budget(Limit::OutputBytes, row.len() as u64 * (PARSE_FACTOR + 3));
+        JsonRows::new(&[]).push(row.as_bytes(), &b).unwrap().unwrap();
+    }
+
+    pub(super) fn arrow_stream(ids: &[Option<i64>]) -> Vec<u8> {
+        arrow_stream_with(ids, arrow_ipc::writer::IpcWriteOptions::default())
+    }
+
+    pub(super) fn arrow_stream_with(ids: &[Option<i64>], options: arrow_ipc::writer::IpcWriteOptions) -> Vec<u8> {
         use arrow_array::{Int64Array, RecordBatch};
         use arrow_schema::{DataType, Field, Schema};
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, true)]));
         let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(ids.to_vec()))]).unwrap();
         let mut out = Vec::new();
-        let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &schema).unwrap();
+        let mut w = arrow_ipc::writer::StreamWriter::try_new_with_options(&mut out, &schema, options).unwrap();
         w.write(&batch).unwrap();
         w.write(&batch).unwrap();
         w.finish().unwrap();
@@ -469,34 +647,66 @@ mod tests {
         out
     }
 
+    /// Decode a stream as staging does, with room to spare.
+    pub(super) fn arrow(bytes: Vec<u8>, keys: &[String]) -> wasmtime::Result<Result<(StagedRows, u64), wit::StageError>> {
+        let (rows, cost) = (budget(Limit::OutputRows, 1 << 40), budget(Limit::OutputBytes, 1 << 40));
+        arrow_rows(Buffer::from_vec(bytes), keys, "a.arrow", &rows, &cost)
+    }
+
     #[test]
     fn arrow_streams_are_counted_and_key_checked() {
-        let (rows, n) = arrow_rows(arrow_stream(&[Some(1), Some(2), Some(3)]), &["id".into()], "a.arrow").unwrap();
+        let (rows, n) = arrow(arrow_stream(&[Some(1), Some(2), Some(3)]), &["id".into()]).unwrap().unwrap();
         assert_eq!(n, 6, "two record batches of three rows");
         assert_eq!(rows.format(), FileFormat::ArrowIpc);
-        let msg = |r: Result<_, wit::StageError>| stage_error_text(r.unwrap_err());
+        let msg = |r: wasmtime::Result<Result<_, wit::StageError>>| stage_error_text(r.unwrap().unwrap_err());
         assert_eq!(
-            msg(arrow_rows(arrow_stream(&[Some(1)]), &["order_id".into()], "a.arrow")),
+            msg(arrow(arrow_stream(&[Some(1)]), &["order_id".into()])),
             "a.arrow: key column `order_id` is not in the Arrow schema"
         );
-        assert_eq!(msg(arrow_rows(arrow_stream(&[Some(1), None]), &["id".into()], "a.arrow")), "a.arrow: key column `id` has nulls");
+        assert_eq!(msg(arrow(arrow_stream(&[Some(1), None]), &["id".into()])), "a.arrow: key column `id` has nulls");
         assert_eq!(
-            msg(arrow_rows(b"{\"id\": 1}".to_vec(), &[], "a.arrow")),
+            msg(arrow(b"{\"id\": 1}".to_vec(), &[])),
             "a.arrow: not an Arrow IPC stream: message at byte 0 declares 1684611707 bytes of metadata but 5 remain"
         );
         let mut truncated = arrow_stream(&[Some(1)]);
         truncated.truncate(truncated.len() - 20);
-        assert!(msg(arrow_rows(truncated, &[], "a.arrow")).contains("-byte body but"));
+        assert!(msg(arrow(truncated, &[])).contains("-byte body but"));
+    }
+
+    /// Compressed buffers declare the length they inflate to: refused
+    /// before the decoder allocates it.
+    #[test]
+    fn compressed_arrow_streams_are_refused() {
+        let options = arrow_ipc::writer::IpcWriteOptions::default()
+            .try_with_compression(Some(arrow_ipc::CompressionType::ZSTD))
+            .unwrap();
+        let err = arrow(arrow_stream_with(&[Some(1); 100], options), &[]).unwrap().unwrap_err();
+        assert!(
+            stage_error_text(err).contains("its buffers are compressed (LZ4 or ZSTD); stage uncompressed Arrow IPC"),
+            "compressed streams are refused"
+        );
+    }
+
+    /// Rows and arrays are charged from the framing, before decoding.
+    #[test]
+    fn arrow_rows_are_charged_before_decoding() {
+        let stream = arrow_stream(&[Some(1); 10]);
+        let rows = budget(Limit::OutputRows, 19);
+        let cost = budget(Limit::OutputBytes, 1 << 30);
+        let err = arrow_rows(Buffer::from_vec(stream), &[], "a.arrow", &rows, &cost).unwrap_err();
+        assert_eq!(err.downcast_ref::<LimitExceeded>().map(|e| e.limit), Some(Limit::OutputRows));
     }
 
     fn digest(ops: &[StagedOp]) -> String {
         let mut d = OutputDigest::new();
-        ops.iter().for_each(|op| d.add(op));
+        for op in ops {
+            d.add(&op.table, &op.mode, op.rows.format(), digest::Rows::Copied(op.rows.bytes()));
+        }
         d.finish()
     }
 
     fn op(table: &str, mode: WriteMode, rows: &[u8]) -> StagedOp {
-        StagedOp { table: table.into(), mode, rows: StagedRows::JsonLines(rows.to_vec()), row_count: 1 }
+        StagedOp { table: table.into(), mode, rows: StagedRows::JsonLines(rows.to_vec().into()), row_count: 1 }
     }
 
     #[test]
@@ -507,8 +717,9 @@ mod tests {
         assert_ne!(a, digest(&[op("ab", WriteMode::Upsert { keys: vec!["k".into()] }, b"c")]));
     }
 
-    /// Large operations are hashed on another thread: the digest is the
-    /// one of the format, computed here in one go.
+    /// Large operations are hashed on another thread, small ones after
+    /// them gathered into parts: the digest is the one of the format,
+    /// computed here in one go.
     #[test]
     fn digest_is_the_same_when_hashed_in_the_background() {
         let field = |h: &mut Sha256, b: &[u8]| {
@@ -516,22 +727,109 @@ mod tests {
             h.update(b);
         };
         let big = vec![b'x'; 3 << 20];
-        let ops = [
+        let mut ops = vec![
             op("t", WriteMode::Append, b"small"),
             op("t", WriteMode::Upsert { keys: vec!["id".into(), "k".into()] }, &big),
             op("u", WriteMode::Append, b"after"),
         ];
+        for i in 0..30_000u32 {
+            ops.push(op("u", WriteMode::Append, format!("row {i}").as_bytes()));
+        }
         let mut h = Sha256::new();
         h.update(b"sluice-output-v1\0");
-        for (o, mode) in ops.iter().zip([&[0u8][..], &[1, 0, 0, 0, 0, 0, 0, 0, 2], &[0]]) {
+        for o in &ops {
             field(&mut h, o.table.as_bytes());
-            h.update(mode);
-            if let WriteMode::Upsert { keys } = &o.mode {
-                keys.iter().for_each(|k| field(&mut h, k.as_bytes()));
+            match &o.mode {
+                WriteMode::Append => h.update([0]),
+                WriteMode::Upsert { keys } => {
+                    h.update([1]);
+                    h.update((keys.len() as u64).to_be_bytes());
+                    keys.iter().for_each(|k| field(&mut h, k.as_bytes()));
+                }
             }
             h.update([FileFormat::JsonLines as u8]);
             field(&mut h, o.rows.bytes());
         }
         assert_eq!(digest(&ops), hex::encode(h.finalize()));
+    }
+
+    fn collector(declared: Option<DeclaredTables>, limits: &Limits) -> OutputCollector {
+        OutputCollector::new(declared.map(Arc::new), limits)
+    }
+
+    fn stage(c: &mut OutputCollector, table: &str, mode: WriteMode, json: &[&str]) -> StageResult {
+        c.begin(table)?.map_err(|e| wasmtime::Error::msg(stage_error_text(e)))?;
+        if let Err(e) = c.check_mode(table, &mode)? {
+            return Ok(Err(e));
+        }
+        c.stage_json(table, mode, json.iter().map(|r| Ok(std::borrow::Cow::Borrowed(*r))))
+    }
+
+    /// Small JSON calls of a table merge into one operation, whatever was
+    /// staged to other tables in between, and the digest is the one of the
+    /// calls as made.
+    #[test]
+    fn small_operations_merge_after_digesting() {
+        let upsert = || WriteMode::Upsert { keys: vec!["id".into()] };
+        let mut c = collector(None, &Limits::default());
+        let mut separate = Vec::new();
+        for i in 0..10_000 {
+            let row = format!("{{\"id\":{i}}}");
+            stage(&mut c, "a", upsert(), &[&row]).unwrap().unwrap();
+            separate.push(op("a", upsert(), format!("{row}\n").as_bytes()));
+            if i % 1000 == 0 {
+                stage(&mut c, "b", WriteMode::Append, &["{}"]).unwrap().unwrap();
+                separate.push(op("b", WriteMode::Append, b"{}\n"));
+            }
+        }
+        let (ops, d) = c.finish();
+        assert_eq!(d, digest(&separate), "merging does not change the digest");
+        let a: Vec<_> = ops.iter().filter(|o| o.table == "a").collect();
+        assert!(a.len() <= 2, "10 000 calls, {} operations", a.len());
+        assert_eq!(a.iter().map(|o| o.row_count).sum::<u64>(), 10_000);
+        let first: Vec<u8> = separate.iter().filter(|o| o.table == "a").flat_map(|o| o.rows.bytes().to_vec()).collect();
+        let merged: Vec<u8> = a.iter().flat_map(|o| o.rows.bytes().to_vec()).collect();
+        assert_eq!(merged, first, "the rows in the order staged");
+    }
+
+    /// Every call costs `OP_CHARGE`, with rows or without: a flood of
+    /// empty calls ends at `limits.output_bytes`.
+    #[test]
+    fn empty_calls_are_charged() {
+        let limits = Limits { output_bytes: 64 * 1000, ..Limits::default() };
+        let mut c = collector(None, &limits);
+        let mut calls = 0;
+        let err = loop {
+            match stage(&mut c, "t", WriteMode::Append, &[]) {
+                Ok(r) => r.unwrap(),
+                Err(e) => break e,
+            }
+            calls += 1;
+        };
+        assert_eq!(err.downcast_ref::<LimitExceeded>().map(|e| e.limit), Some(Limit::OutputBytes));
+        assert!(calls < 1000, "{calls} empty calls fit in 64 000 bytes");
+    }
+
+    #[test]
+    fn upserts_must_use_the_declared_keys() {
+        let declared: DeclaredTables = [
+            ("orders".to_owned(), Declared::Keys(vec!["order_id".into()])),
+            ("events".to_owned(), Declared::Keys(vec![])),
+            ("scratch".to_owned(), Declared::AnyKeys),
+        ]
+        .into();
+        let c = collector(Some(declared), &Limits::default());
+        let upsert = |k: &[&str]| WriteMode::Upsert { keys: k.iter().map(|k| k.to_string()).collect() };
+        let violation = |table, mode| c.check_mode(table, &mode).unwrap_err().downcast::<StageViolation>().unwrap().to_string();
+        assert_eq!(
+            violation("orders", upsert(&["customer"])),
+            "sink upserted into table `orders` on [customer], but the table is keyed on [order_id] (`tables.keys` in the \
+             pipeline config); the pipeline chooses the merge key, not the sink: upsert on the declared keys"
+        );
+        assert!(violation("orders", upsert(&["order_id", "order_id"])).contains("on [order_id, order_id]"));
+        assert!(violation("events", upsert(&["id"])).ends_with("(this table declares none, so it takes appends only)"));
+        assert!(c.check_mode("orders", &upsert(&["order_id"])).unwrap().is_ok());
+        assert!(c.check_mode("events", &WriteMode::Append).unwrap().is_ok());
+        assert!(c.check_mode("scratch", &upsert(&["anything"])).unwrap().is_ok());
     }
 }

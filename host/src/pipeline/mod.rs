@@ -260,7 +260,7 @@ impl Pipeline {
         let runtime = RuntimeBuilder::new(config.scratch_dir())
             .with_limits(config.limits.clone())
             .with_cache_dir(config.cache_dir())
-            .with_tables(config.tables.iter().map(|t| t.name.clone()))
+            .with_keyed_tables(config.tables.iter().map(|t| (t.name.clone(), t.keys.clone())))
             .with_max_concurrent_batches(1)
             .build()
             .map_err(|source| PipelineError::Load { path: config.pipeline.component.clone(), source })?;

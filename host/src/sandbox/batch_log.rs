@@ -3,10 +3,17 @@
 //! The caps (`limits.log_bytes`, `limits.log_lines`) are enforced as the
 //! sink writes: the write that would pass them ends the batch with a
 //! [`LimitExceeded`] trap, so a log flood costs at most the cap in memory.
+//! A sink's log call is charged piece by piece as it is read from guest
+//! memory (see `guest_args`), every structured field at least
+//! [`FIELD_CHARGE`], so millions of empty fields cost what they hold.
 
 use crate::limits::{Limit, LimitExceeded, Limits};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
+
+/// Bytes of `limits.log_bytes` a structured field costs beyond its text:
+/// the host's record of it (two strings).
+pub(crate) const FIELD_CHARGE: u64 = size_of::<(String, String)>() as u64;
 
 /// Severity of a log line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -83,11 +90,14 @@ impl BatchLog {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub(crate) fn push(&self, line: LogLine) -> Result<(), LimitExceeded> {
-        let size = (line.message.len() + line.fields.iter().map(|(k, v)| k.len() + v.len()).sum::<usize>()) as u64;
-        let mut s = self.state();
-        s.charge_bytes(size)?;
-        s.push_line(line)
+    /// Charge bytes of a log line about to be copied from the sink.
+    pub(crate) fn charge(&self, bytes: u64) -> Result<(), LimitExceeded> {
+        self.state().charge_bytes(bytes)
+    }
+
+    /// Add a line whose bytes were charged with [`charge`](Self::charge).
+    pub(crate) fn push_charged(&self, line: LogLine) -> Result<(), LimitExceeded> {
+        self.state().push_line(line)
     }
 
     /// Bytes written to stdout or stderr: complete lines become log lines.
@@ -180,6 +190,16 @@ mod tests {
             ]
         );
         assert_eq!(l.stderr_tail(5), ["boom"]);
+    }
+
+    #[test]
+    fn charged_lines_add_up_to_the_cap() {
+        let l = log(100, 100);
+        l.charge(60).unwrap();
+        assert_eq!(l.charge(41).unwrap_err().limit, Limit::LogBytes);
+        l.charge(40).unwrap();
+        l.push_charged(LogLine { level: Level::Info, source: LogSource::Sink, message: "m".into(), fields: vec![] }).unwrap();
+        assert_eq!(l.lines().len(), 1);
     }
 
     #[test]

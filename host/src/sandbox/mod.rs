@@ -22,6 +22,7 @@ pub(crate) mod batch_log;
 pub(crate) mod bindings;
 pub(crate) mod determinism;
 mod engine;
+pub(crate) mod guest_args;
 pub(crate) mod scratch;
 pub(crate) mod state;
 mod staging_fs;
@@ -33,13 +34,12 @@ use crate::sandbox::batch_log::{BatchLog, LogSource};
 use crate::sandbox::determinism::{SeededRng, VirtualClock, batch_seed, insecure_seed};
 use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::limits::{Budget, Limit, LimitExceeded, Limits};
-use crate::output::{BatchOutput, OutputCollector, Timings};
+use crate::output::{BatchOutput, Declared, DeclaredTables, OutputCollector, StageViolation, Timings};
 use crate::source::records::{BatchSpec, ChunkBuilder, RecordSource, SourceError};
 use crate::sandbox::scratch::ScratchRoot;
 use bindings::sluice::sink::types;
 use engine::{EPOCH_TICK, SinkEngine};
 use state::{BatchState, MemoryLimiter, RecordCursor, RecordStream};
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
@@ -53,7 +53,7 @@ pub struct RuntimeBuilder {
     scratch_root: PathBuf,
     limits: Limits,
     cache_dir: Option<PathBuf>,
-    tables: Option<BTreeSet<String>>,
+    tables: Option<DeclaredTables>,
     keep_failed: usize,
     max_concurrent_batches: u32,
 }
@@ -83,9 +83,21 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Only these tables may be staged to. Without it, any name is accepted.
+    /// Only these tables may be staged to, upserts on any keys. Without it
+    /// (or [`with_keyed_tables`](Self::with_keyed_tables)), any name is
+    /// accepted.
     pub fn with_tables(mut self, tables: impl IntoIterator<Item = impl Into<String>>) -> Self {
-        self.tables = Some(tables.into_iter().map(Into::into).collect());
+        let declared = self.tables.get_or_insert_default();
+        declared.extend(tables.into_iter().map(|t| (t.into(), Declared::AnyKeys)));
+        self
+    }
+
+    /// Only these tables may be staged to, each upserted on exactly its
+    /// declared keys (`[[tables]] keys`; none: appends only). An upsert on
+    /// other keys ends the batch: the merge key is the pipeline's choice.
+    pub fn with_keyed_tables(mut self, tables: impl IntoIterator<Item = (String, Vec<String>)>) -> Self {
+        let declared = self.tables.get_or_insert_default();
+        declared.extend(tables.into_iter().map(|(t, keys)| (t, Declared::Keys(keys))));
         self
     }
 
@@ -107,7 +119,9 @@ impl RuntimeBuilder {
         let engine = SinkEngine::new(&self.limits, self.max_concurrent_batches, self.cache_dir).map_err(engine_err)?;
         let mut linker = Linker::new(&engine.engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
-        bindings::Sink::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        bindings::sluice::sink::records::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        guest_args::add_to_linker(&mut linker).map_err(engine_err)?;
         staging_quota::add_to_linker(&mut linker).map_err(engine_err)?;
         staging_fs::add_to_linker(&mut linker).map_err(engine_err)?;
         waiting::add_to_linker(&mut linker).map_err(engine_err)?;
@@ -130,7 +144,7 @@ struct Inner {
     linker: Linker<BatchState>,
     limits: Limits,
     scratch: ScratchRoot,
-    tables: Option<Arc<BTreeSet<String>>>,
+    tables: Option<Arc<DeclaredTables>>,
 }
 
 impl Runtime {
@@ -208,7 +222,7 @@ impl Sink {
                 outcome.map(|()| {
                     let state = store.into_data();
                     let (records_in, record_bytes_in) = state.records.builder.delivered();
-                    let (ops, digest) = state.output.finish();
+                    let (ops, digest) = state.output.expect("put back after every stage call").finish();
                     BatchOutput {
                         batch: spec.clone(),
                         digest,
@@ -260,6 +274,9 @@ impl Sink {
             .secure_random(SeededRng::new(seed, 0))
             .insecure_random(SeededRng::new(seed, 1))
             .insecure_random_seed(insecure_seed(seed))
+            // Random bytes are made for a call before it returns: capped
+            // like any other copy between host and guest.
+            .max_random_size(limits.call_bytes)
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -277,7 +294,7 @@ impl Sink {
                 builder: ChunkBuilder::new(spec.ranges.clone(), limits.chunk_records, limits.chunk_bytes),
                 done: false,
             },
-            output: OutputCollector::new(inner.tables.clone(), limits),
+            output: Some(OutputCollector::new(inner.tables.clone(), limits)),
             log: log.clone(),
             staging_quota: Arc::new(Budget::new(Limit::StagingBytes, limits)),
             staging: staging.try_clone()?,
@@ -287,6 +304,7 @@ impl Sink {
         let mut store = Store::new(&inner.engine.engine, state);
         store.limiter(|s| &mut s.memory);
         store.set_fuel(limits.fuel).map_err(std::io::Error::other)?;
+        store.set_hostcall_fuel(usize::try_from(limits.call_bytes).unwrap_or(usize::MAX));
         let ticks = limits.deadline_ms.div_ceil(EPOCH_TICK.as_millis() as u64).max(1);
         store.set_epoch_deadline(ticks);
         store.epoch_deadline_trap();
@@ -329,16 +347,24 @@ impl Sink {
     }
 }
 
-/// Turn a failed call into the typed reason.
+/// Turn a failed call into the typed reason. Whatever the sink caused is
+/// the sink's error, named first: a limit, a refused operation, a bad host
+/// call, a trap. Only what is left is `internal`.
 fn classify(e: wasmtime::Error, limits: &Limits, log: &BatchLog) -> BatchError {
     if let Some(limit) = e.downcast_ref::<LimitExceeded>() {
         return BatchError::Limit(limit.clone());
+    }
+    if let Some(v) = e.downcast_ref::<StageViolation>() {
+        return BatchError::Refused(v.clone());
     }
     if let Some(source) = e.downcast_ref::<SourceError>() {
         return BatchError::Source(source.clone());
     }
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
         return BatchError::Trap { trap: format!("sink called exit({})", exit.0), stderr: log.stderr_tail(5) };
+    }
+    if let Some(fault) = guest_fault(&e) {
+        return fault.unwrap_or_else(|| LimitExceeded::new(Limit::CallBytes, limits).into());
     }
     match e.downcast_ref::<Trap>() {
         Some(Trap::OutOfFuel) => LimitExceeded::new(Limit::Fuel, limits).into(),
@@ -347,4 +373,50 @@ fn classify(e: wasmtime::Error, limits: &Limits, log: &BatchLog) -> BatchError {
         Some(trap) => BatchError::Trap { trap: trap.to_string(), stderr: log.stderr_tail(5) },
         None => BatchError::Internal(format!("{e:#}")),
     }
+}
+
+/// What wasmtime reports, as plain errors, when lifting a host call's
+/// arguments fails: each is the guest's doing (wasmtime 48's texts; the
+/// `guest_faults_are_the_sinks_errors` test pins them).
+const LIFT_ERRORS: &[&str] = &[
+    "pointer/length out of bounds of memory",
+    "pointer is not aligned",
+    "pointer not aligned",
+    "fixed length list out of bounds of memory",
+    "invalid option discriminant",
+    "invalid expected discriminant",
+    "unexpected discriminant",
+    "unknown handle index",
+    "borrow handles still remain",
+];
+
+/// wasmtime's per-call copy limit (hostcall fuel), as it words it.
+const HOSTCALL_FUEL: &str = "fuel allocated for hostcalls has been exhausted";
+
+/// `Some(Some(error))`: the sink passed a host call something invalid;
+/// `Some(None)`: it passed more than `limits.call_bytes`; `None`: neither.
+fn guest_fault(e: &wasmtime::Error) -> Option<Option<BatchError>> {
+    if let Some(f) = e.downcast_ref::<guest_args::GuestFault>() {
+        return Some(Some(BatchError::InvalidCall(f.0.clone())));
+    }
+    if let Some(u) = e.downcast_ref::<std::str::Utf8Error>() {
+        return Some(Some(BatchError::InvalidCall(format!("a string argument is not valid UTF-8 ({u})"))));
+    }
+    if let Some(u) = e.downcast_ref::<std::char::DecodeUtf16Error>() {
+        return Some(Some(BatchError::InvalidCall(format!("a string argument is not valid UTF-16 ({u})"))));
+    }
+    if let Some(c) = e.downcast_ref::<std::char::CharTryFromError>() {
+        return Some(Some(BatchError::InvalidCall(format!("a char argument is not a Unicode scalar value ({c})"))));
+    }
+    if let Some(r) = e.downcast_ref::<wasmtime::component::ResourceTableError>() {
+        return Some(Some(BatchError::InvalidCall(format!("a resource handle argument is not valid ({r})"))));
+    }
+    let text = format!("{e:#}");
+    // wasmtime-wasi refuses more random bytes than `max_random_size` (set to
+    // `limits.call_bytes`) with "requested len N exceeds limit M".
+    if text.contains(HOSTCALL_FUEL) || (text.contains("requested len") && text.contains("exceeds limit")) {
+        return Some(None);
+    }
+    let root = e.root_cause().to_string();
+    LIFT_ERRORS.iter().any(|t| root.contains(t)).then(|| Some(BatchError::InvalidCall(root)))
 }

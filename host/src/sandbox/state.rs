@@ -1,8 +1,9 @@
-//! The store data of one batch attempt, and the host side of the sluice
-//! interfaces: record delivery, output staging, logging, memory limits.
+//! The store data of one batch attempt, and the host side of record
+//! delivery and the memory limit (`output.stage` and `log.log` are in
+//! `guest_args`).
 
-use super::bindings::sluice::sink::{log, output, records, types};
-use crate::sandbox::batch_log::{BatchLog, Level, LogLine, LogSource};
+use super::bindings::sluice::sink::{records, types};
+use crate::sandbox::batch_log::BatchLog;
 use crate::limits::{Budget, Limit, LimitExceeded};
 use crate::output::OutputCollector;
 use crate::source::records::{ChunkBuilder, Fill, RecordSource};
@@ -21,7 +22,8 @@ pub(crate) struct BatchState {
     pub(crate) table: ResourceTable,
     pub(crate) memory: MemoryLimiter,
     pub(crate) records: RecordCursor,
-    pub(crate) output: OutputCollector,
+    /// Taken out while a `stage` call runs.
+    pub(crate) output: Option<OutputCollector>,
     pub(crate) log: BatchLog,
     pub(crate) staging_quota: Arc<Budget>,
     /// Host-side handle on `/staging`, for reading staged files.
@@ -66,30 +68,6 @@ impl records::HostRecordStream for BatchState {
 
 impl records::Host for BatchState {}
 impl types::Host for BatchState {}
-
-impl output::Host for BatchState {
-    fn stage(
-        &mut self,
-        table: String,
-        mode: output::WriteMode,
-        rows: output::Rows,
-    ) -> wasmtime::Result<Result<(), output::StageError>> {
-        self.output.stage(table, mode, rows, &self.staging).map_err(wasmtime::Error::new)
-    }
-}
-
-impl log::Host for BatchState {
-    fn log(&mut self, level: log::Level, message: String, fields: Vec<(String, String)>) -> wasmtime::Result<()> {
-        let level = match level {
-            log::Level::Trace => Level::Trace,
-            log::Level::Debug => Level::Debug,
-            log::Level::Info => Level::Info,
-            log::Level::Warn => Level::Warn,
-            log::Level::Error => Level::Error,
-        };
-        self.log.push(LogLine { level, source: LogSource::Sink, message, fields }).map_err(wasmtime::Error::new)
-    }
-}
 
 /// Caps linear memory at `limits.memory_bytes` with a typed error (the
 /// pooling allocator's slot size is the hard backstop).

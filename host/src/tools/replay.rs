@@ -163,7 +163,7 @@ pub fn replay(config: Option<&PipelineConfig>, options: &ReplayOptions) -> Resul
     let runtime = RuntimeBuilder::new(scratch.path().join("scratch"))
         .with_limits(recorded.limits.clone())
         .with_cache_dir(cache)
-        .with_tables(recorded.tables.iter().map(|t| t.name.clone()))
+        .with_keyed_tables(recorded.tables.iter().map(|t| (t.name.clone(), t.keys.clone())))
         .with_max_concurrent_batches(1)
         .with_keep_failed(0)
         .build()

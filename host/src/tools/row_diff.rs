@@ -155,7 +155,7 @@ mod tests {
             b.extend_from_slice(r.to_string().as_bytes());
             b.push(b'\n');
         }
-        StagedOp { table: table.into(), mode, rows: StagedRows::JsonLines(b), row_count: rows.len() as u64 }
+        StagedOp { table: table.into(), mode, rows: StagedRows::JsonLines(b.into()), row_count: rows.len() as u64 }
     }
 
     fn upsert(rows: &[Value]) -> StagedOp {

@@ -1,0 +1,259 @@
+//! Staged Arrow IPC streams: checked, charged, then decoded once.
+//!
+//! arrow's reader trusts what a stream declares: it allocates what a length
+//! prefix claims, inflates compressed buffers to the size they state, and
+//! panics (asserts, `unwrap`, `unimplemented!`) on metadata it does not
+//! expect. So a stream is walked first ([`check_ipc_framing`]): anything
+//! the reader would trust wrongly is refused with an `invalid-rows` error
+//! naming the message, the declared rows and arrays are charged to
+//! `limits.output_rows` and `limits.output_bytes`, and only then is it
+//! decoded, with its columns pointing into the stream's bytes. A panic left
+//! in the decoder fails only the stage call.
+
+use super::{ARRAY_CHARGE, ArrowRows, StagedRows, limit};
+use crate::limits::Budget;
+use crate::sandbox::bindings::sluice::sink::output as wit;
+use arrow_array::RecordBatch;
+use arrow_buffer::Buffer;
+
+/// What the framing walk found: rows and arrays the stream declares.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Framing {
+    rows: u64,
+    arrays: u64,
+}
+
+/// Walk the IPC stream's message frames and check every declared length
+/// against the bytes actually there, before the decoder sees any of it:
+/// arrow's reader allocates what a length prefix claims, slices buffers
+/// with an assertion (a panic) rather than an error, and inflates
+/// compressed buffers to the length they declare. So: every message and
+/// body fits the stream, every buffer fits its body, no buffer is
+/// compressed (a few KiB of ZSTD can declare terabytes; refusing them costs
+/// a sink nothing, as `/staging` is local), no length is negative, every
+/// column is of a flat table type ([`check_field_type`]) and every batch's
+/// buffers are as large as its row count needs ([`check_batch_layout`]).
+/// Returns the rows and arrays declared, to charge before decoding.
+pub(super) fn check_ipc_framing(bytes: &[u8]) -> Result<Framing, String> {
+    let word = |at: usize| bytes.get(at..at + 4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
+    let mut pos = 0usize;
+    let mut found = Framing::default();
+    let mut columns: Option<Vec<Flat>> = None;
+    while pos < bytes.len() {
+        let start = pos;
+        let mut len = word(pos).ok_or("truncated message header")?;
+        pos += 4;
+        if len == -1 {
+            // Continuation marker (IPC format ≥ 0.15), then the length.
+            len = word(pos).ok_or("truncated message header")?;
+            pos += 4;
+        }
+        if len == 0 {
+            return Ok(found); // end-of-stream marker
+        }
+        let remaining = bytes.len() - pos;
+        let len = usize::try_from(len).ok().filter(|&l| l <= remaining).ok_or_else(|| {
+            format!("message at byte {start} declares {len} bytes of metadata but {remaining} remain")
+        })?;
+        let message = arrow_ipc::root_as_message(&bytes[pos..pos + len])
+            .map_err(|e| format!("message at byte {start} has invalid metadata: {e}"))?;
+        pos += len;
+        let remaining = bytes.len() - pos;
+        let body = message.bodyLength();
+        let body = usize::try_from(body).ok().filter(|&b| b <= remaining).ok_or_else(|| {
+            format!("message at byte {start} declares a {body}-byte body but {remaining} bytes remain")
+        })?;
+        pos += body;
+        let at = |what: String| format!("message at byte {start}: {what}");
+        if let Some(schema) = message.header_as_schema() {
+            if columns.is_some() {
+                return Err(at("a second schema message".into()));
+            }
+            let mut flat = Vec::new();
+            // arrow unwraps the field list: it must be there.
+            let fields = schema.fields().ok_or_else(|| at("a schema without fields".into()))?;
+            for field in fields {
+                found.arrays += 1;
+                flat.push(check_field_type(&field).map_err(at)?);
+            }
+            columns = Some(flat);
+        }
+        if message.header_as_dictionary_batch().is_some() {
+            return Err(at("a dictionary batch (dictionary-encoded columns are not accepted)".into()));
+        }
+        let Some(batch) = message.header_as_record_batch() else { continue };
+        let rows = u64::try_from(batch.length()).map_err(|_| at(format!("negative row count {}", batch.length())))?;
+        found.rows = found.rows.saturating_add(rows);
+        if batch.compression().is_some() {
+            return Err(at("its buffers are compressed (LZ4 or ZSTD); stage uncompressed Arrow IPC".into()));
+        }
+        for node in batch.nodes().into_iter().flatten() {
+            if node.length() < 0 || node.null_count() < 0 {
+                return Err(at("a field node has a negative length".into()));
+            }
+            found.arrays += 1;
+        }
+        for (i, b) in batch.buffers().into_iter().flatten().enumerate() {
+            let fits = u64::try_from(b.offset()).ok().zip(u64::try_from(b.length()).ok()).and_then(|(o, l)| o.checked_add(l));
+            if fits.is_none_or(|end| end > body as u64) {
+                return Err(at(format!("buffer {i} ({} bytes at {}) is outside its {body}-byte body", b.length(), b.offset())));
+            }
+        }
+        if batch.variadicBufferCounts().is_some_and(|c| !c.is_empty()) {
+            return Err(at("variadic buffers (view columns are not accepted)".into()));
+        }
+        let columns = columns.as_deref().ok_or_else(|| at("a record batch before the schema".into()))?;
+        check_batch_layout(columns, &batch).map_err(at)?;
+    }
+    Ok(found)
+}
+
+/// Only the column types a table can take, flat and not dictionary
+/// encoded: arrow's schema conversion panics (`unimplemented!`, `unwrap`)
+/// on type metadata it does not expect, so none other reaches it.
+fn check_field_type(field: &arrow_ipc::Field<'_>) -> Result<Flat, String> {
+    use arrow_ipc::{Precision, Type};
+    let name = field.name().unwrap_or("");
+    let refuse = |what: &str| {
+        Err(format!(
+            "column `{name}` {what}; staged Arrow streams may hold only flat boolean, integer,              floating-point, string and binary columns"
+        ))
+    };
+    if field.dictionary().is_some() {
+        return refuse("is dictionary-encoded");
+    }
+    if field.children().is_some_and(|c| !c.is_empty()) {
+        return refuse("has child fields");
+    }
+    let flat = match field.type_type() {
+        Type::Null => Some(Flat::Null),
+        Type::Bool => Some(Flat::Bits),
+        Type::Utf8 | Type::Binary => Some(Flat::Var(4)),
+        Type::LargeUtf8 | Type::LargeBinary => Some(Flat::Var(8)),
+        Type::Int => field.type_as_int().and_then(|i| match i.bitWidth() {
+            w @ (8 | 16 | 32 | 64) => Some(Flat::Fixed(w as u64 / 8)),
+            _ => None,
+        }),
+        Type::FloatingPoint => field.type_as_floating_point().and_then(|f| match f.precision() {
+            Precision::HALF => Some(Flat::Fixed(2)),
+            Precision::SINGLE => Some(Flat::Fixed(4)),
+            Precision::DOUBLE => Some(Flat::Fixed(8)),
+            _ => None,
+        }),
+        _ => None,
+    };
+    flat.map_or_else(|| refuse(&format!("has type {:?}", field.type_type())), Ok)
+}
+
+/// A flat column's layout in an IPC record batch: its buffers after the
+/// validity bitmap (a null column has no buffers at all).
+#[derive(Debug, Clone, Copy)]
+enum Flat {
+    Null,
+    /// Booleans: one bit a value.
+    Bits,
+    /// This many bytes a value.
+    Fixed(u64),
+    /// Offsets of this width, then the values' bytes.
+    Var(u64),
+}
+
+/// Check one record batch's nodes and buffers against the columns: the
+/// sizes arrow assumes (and asserts, panicking) before it validates.
+fn check_batch_layout(columns: &[Flat], batch: &arrow_ipc::RecordBatch<'_>) -> Result<(), String> {
+    let nodes: Vec<_> = batch.nodes().into_iter().flatten().collect();
+    let buffers: Vec<_> = batch.buffers().into_iter().flatten().map(|b| b.length() as u64).collect();
+    if nodes.len() != columns.len() {
+        return Err(format!("{} field nodes for {} columns", nodes.len(), columns.len()));
+    }
+    let rows = batch.length() as u64;
+    let mut next = buffers.iter().copied();
+    let mut take = |what: &str| next.next().ok_or_else(|| format!("a buffer is missing ({what})"));
+    for (column, (node, flat)) in nodes.iter().zip(columns).enumerate() {
+        let (len, nulls) = (node.length() as u64, node.null_count() as u64);
+        if len != rows || nulls > len {
+            return Err(format!("column {column} has {len} values ({nulls} null) in a batch of {rows} rows"));
+        }
+        let bits = len.div_ceil(8);
+        let short = |what: &str, have: u64, need: u64| {
+            if have < need { Err(format!("column {column}'s {what} buffer has {have} bytes, {need} needed")) } else { Ok(()) }
+        };
+        if let Flat::Null = flat {
+            continue;
+        }
+        let validity = take("validity")?;
+        if nulls > 0 {
+            short("validity", validity, bits)?;
+        }
+        match *flat {
+            Flat::Null => {}
+            Flat::Bits => short("values", take("values")?, bits)?,
+            Flat::Fixed(w) => short("values", take("values")?, len.saturating_mul(w))?,
+            Flat::Var(w) => {
+                short("offsets", take("offsets")?, (len + 1).saturating_mul(w))?;
+                take("values")?;
+            }
+        }
+    }
+    if next.next().is_some() {
+        return Err("more buffers than its columns have".into());
+    }
+    Ok(())
+}
+
+/// Decode a staged Arrow IPC stream. Its rows (`output_rows`) and arrays
+/// (`output_bytes`) are charged from the framing before it is decoded.
+pub(super) fn arrow_rows(bytes: Buffer, keys: &[String], path: &str, rows: &Budget, cost: &Budget) -> wasmtime::Result<Result<(StagedRows, u64), wit::StageError>> {
+    let invalid = |what: String| wit::StageError::InvalidRows(format!("{path}: {what}"));
+    let framing = match check_ipc_framing(bytes.as_slice()) {
+        Ok(f) => f,
+        Err(e) => return Ok(Err(invalid(format!("not an Arrow IPC stream: {e}")))),
+    };
+    rows.charge(framing.rows).map_err(limit)?;
+    cost.charge(framing.arrays.saturating_mul(ARRAY_CHARGE)).map_err(limit)?;
+    // The framing check rules out what arrow is known to panic on; a panic
+    // left in its decoder still only fails this stage call.
+    let decoded = std::panic::catch_unwind(|| decode_ipc(&bytes))
+        .unwrap_or_else(|_| Err("corrupt Arrow IPC stream: the decoder gave up on it".into()));
+    let (schema, batches) = match decoded {
+        Ok(d) => d,
+        Err(e) => return Ok(Err(invalid(e))),
+    };
+    if let Some(key) = keys.iter().find(|k| schema.field_with_name(k).is_err()) {
+        return Ok(Err(invalid(format!("key column `{key}` is not in the Arrow schema"))));
+    }
+    for batch in &batches {
+        for key in keys {
+            let column = batch.column_by_name(key).expect("checked against the schema");
+            if arrow_array::Array::null_count(column.as_ref()) > 0 {
+                return Ok(Err(invalid(format!("key column `{key}` has nulls"))));
+            }
+        }
+    }
+    let count = batches.iter().map(|b| b.num_rows() as u64).sum();
+    Ok(Ok((StagedRows::ArrowIpc(ArrowRows { bytes, batches }), count)))
+}
+
+/// The stream's schema and record batches, columns sharing `bytes`.
+fn decode_ipc(bytes: &Buffer) -> Result<(arrow_schema::SchemaRef, Vec<RecordBatch>), String> {
+    let mut rest = bytes.clone();
+    // Aligned or refused: a misaligned buffer would be copied, at a cost
+    // the framing did not charge.
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new().with_require_alignment(true);
+    let mut batches = Vec::new();
+    let corrupt = |decoder: &arrow_ipc::reader::StreamDecoder, e| {
+        let what = if decoder.schema().is_some() { "corrupt Arrow IPC stream" } else { "not an Arrow IPC stream" };
+        format!("{what}: {e}")
+    };
+    loop {
+        match decoder.decode(&mut rest) {
+            Ok(Some(batch)) => batches.push(batch),
+            Ok(None) => break,
+            Err(e) => return Err(corrupt(&decoder, e)),
+        }
+    }
+    decoder.finish().map_err(|e| corrupt(&decoder, e))?;
+    let schema = decoder.schema().ok_or_else(|| "not an Arrow IPC stream: no schema message".to_owned())?;
+    Ok((schema, batches))
+}
+
