@@ -936,7 +936,7 @@ fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> 
             }
             let decoded = decode_all(ops, &schema).map_err(schema_err)?;
             if !decoded.is_empty() {
-                batches.push(crate::commit::last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?);
+                batches.push(last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?);
             }
             Ok(Prepared::Upsert { keys: keys.clone(), batches })
         }
