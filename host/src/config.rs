@@ -232,11 +232,22 @@ impl PipelineConfig {
     }
 
     /// SHA-256 of what decides a batch's output apart from its records and
-    /// the component: the pipeline id (the seed), the tables' schemas and
-    /// the limits. Recorded with each planned batch, so a replay can tell
-    /// when the config changed since. Paths are left out: the same pipeline
+    /// the component: the pipeline id (the seed), the tables' schemas, the
+    /// limits (chunk sizes among them: the sink sees them), and the source
+    /// properties that change which records a range delivers
+    /// ([`READ_AFFECTING_PROPERTIES`], at their effective value). Recorded
+    /// with each planned batch and each commit, so a replay can tell when
+    /// the config changed since and a half-committed batch is never
+    /// finished under another one. Paths are left out: the same pipeline
     /// checked out elsewhere has the same digest.
     pub fn digest(&self) -> String {
+        let read: serde_json::Map<String, serde_json::Value> = READ_AFFECTING_PROPERTIES
+            .iter()
+            .map(|&(key, default)| {
+                let value = self.source.properties.get(key).map_or(default, String::as_str);
+                (key.to_owned(), value.into())
+            })
+            .collect();
         let mut tables = serde_json::to_value(&self.tables).expect("tables serialise");
         for t in tables.as_array_mut().into_iter().flatten() {
             t.as_object_mut().map(|t| t.remove("path"));
@@ -245,10 +256,17 @@ impl PipelineConfig {
             "pipeline_id": self.pipeline.id,
             "tables": tables,
             "limits": self.limits,
+            "source_properties": read,
         });
         hex::encode(Sha256::digest(decisive.to_string().as_bytes()))
     }
 }
+
+/// librdkafka properties that change which records a planned range
+/// delivers, with the value sluice uses when they are not set:
+/// `isolation.level` decides whether aborted transactions' records are
+/// read.
+pub const READ_AFFECTING_PROPERTIES: &[(&str, &str)] = &[("isolation.level", "read_committed")];
 
 /// `config FILE line N`, leaving out what is unknown.
 fn location(path: &Path, line: Option<usize>) -> String {
@@ -360,5 +378,9 @@ fuel = 1000
         assert_ne!(digest(&GOOD.replace("fuel = 1000", "fuel = 2000")), base, "limits");
         assert_ne!(digest(&GOOD.replace("type = \"long\"", "type = \"double\"")), base, "schema");
         assert_ne!(digest(&GOOD.replace("id = \"orders\"", "id = \"payments\"")), base, "the seed");
+        let with = |props: &str| GOOD.replace("topics = [\"orders\"]", &format!("topics = [\"orders\"]\nproperties = {{ {props} }}"));
+        assert_ne!(digest(&with("\"isolation.level\" = \"read_uncommitted\"")), base, "which records are read");
+        assert_eq!(digest(&with("\"isolation.level\" = \"read_committed\"")), base, "the default, spelled out");
+        assert_eq!(digest(&with("\"client.id\" = \"x\"")), base, "a property that reads the same records");
     }
 }

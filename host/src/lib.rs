@@ -13,11 +13,11 @@
 //! | [`limits`]      | limits and their config keys                                       |
 //! | [`config`]      | `pipeline.toml`                                                    |
 //! | [`source`]      | Kafka: plan batches, fetch exact ranges; record chunks, read-ahead |
-//! | [`checkpoint`]  | write-ahead offset log, commit log, attempt records                |
+//! | [`checkpoint`]  | write-ahead offset log, commit log, attempt records; rebuild       |
 //! | `sandbox`       | engine, component cache, fresh instance, `/staging`, clock, log    |
 //! | `output`        | staged table operations and their digest                           |
 //! | [`commit`]      | batch output → Delta tables, once                                  |
-//! | [`pipeline`]    | the batch life: plan, run, commit, log; metrics                    |
+//! | [`pipeline`]    | the batch life: plan, run, commit, log; table agreement; metrics   |
 //! | [`tools`]       | exec, replay, row diff, bundles, batch show, reconcile, status, demo |
 //! | `cli` (binary)  | the `sluice` command line                                          |
 

@@ -36,7 +36,7 @@ const KILL_POINTS: [&str; 12] = [
 ];
 
 #[derive(Debug, PartialEq, Eq)]
-enum Outcome {
+pub(crate) enum Outcome {
     /// Killed at the failpoint.
     KilledAt,
     /// Killed at a random moment while still running.
@@ -47,7 +47,7 @@ enum Outcome {
 
 /// Run `sluice run` once. With failpoints, kill it when it gets to all of
 /// them; with `kill_after`, kill it then (if it is still running).
-fn run_once(config: &Path, failpoint: Option<&str>, kill_after: Option<Duration>) -> (Outcome, String) {
+pub(crate) fn run_once(config: &Path, failpoint: Option<&str>, kill_after: Option<Duration>) -> (Outcome, String) {
     let mut cmd = sluice(&["run", config.to_str().unwrap()]);
     if let Some(fp) = failpoint {
         cmd.env("SLUICE_FAILPOINT", fp);
@@ -225,4 +225,122 @@ fn assert_three_batches_exactly_once(dir: &Path, ids: &[String]) {
         assert_eq!(counts.into_keys().collect::<Vec<_>>(), ids, "table {table}: every id");
         assert_eq!(read.txn, Some(2), "table {table}: batches 0..=2");
     }
+}
+
+/// The kill -9 matrix under worse weather: between restarts a table is
+/// rolled back one version about every other time (a power loss: Delta
+/// commits are written without fsync), and the config is changed about
+/// every third time (smaller batches, or a chunk size the sink observes). A refused start (a half-committed
+/// batch under another config, or a lost batch that only its own config
+/// re-runs identically) is answered the way its error says: run with
+/// another config. Every id must end in both tables exactly once.
+///
+/// `SLUICE_CRASH_RUNS=N` runs N killed restarts (default 16: a CI-sized
+/// run; e.g. 200 for a soak).
+#[test]
+fn kill_minus_9_with_tables_rolled_back_and_configs_changed_between_restarts_loses_and_repeats_nothing() {
+    let runs_wanted: usize = std::env::var("SLUICE_CRASH_RUNS").ok().and_then(|v| v.parse().ok()).unwrap_or(16);
+    let broker = Broker::start();
+    broker.create_topic("events", 3);
+    let ids: Vec<String> = (0..(150 * runs_wanted).max(2400)).map(|i| format!("id-{i:05}")).collect();
+    produce(&broker.bootstrap, "events", 3, &ids);
+    let dir = tempfile::tempdir().unwrap();
+    // Base; smaller batches (not observable: ranges are planned); a chunk
+    // size the sink observes (its output differs).
+    let configs: [(u64, &str); 3] = [(40, ""), (25, ""), (40, "\n[limits]\nchunk_records = 7\n")];
+    let write = |i: usize| fan_out_config(dir.path(), &broker.bootstrap, "events", configs[i].0, configs[i].1);
+    let mut current = 0;
+    let config = write(current);
+
+    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
+    eprintln!("crash test (weather): seed {seed}, {runs_wanted} runs");
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut runs, mut kills, mut rollbacks, mut changes, mut refusals) = (0, 0, 0, 0, 0);
+    let refused = |stderr: &str| stderr.contains("the config changed since it ran") || stderr.contains("cannot be re-run");
+    let mut finished = false;
+    for _ in 0..runs_wanted {
+        let r = next();
+        if r % 3 == 0 {
+            current = (current + 1) % configs.len();
+            write(current);
+            changes += 1;
+        }
+        if (r >> 8) % 2 == 0 && roll_back_one_version(&dir.path().join("tables").join(["events", "audit"][(r >> 16) as usize % 2])) {
+            rollbacks += 1;
+        }
+        let (outcome, stderr) = run_once(&config, None, Some(Duration::from_millis(30 + (r >> 24) % 400)));
+        runs += 1;
+        match outcome {
+            Outcome::KilledRunning => kills += 1,
+            Outcome::Exited(0) => {
+                finished = true;
+                break;
+            }
+            Outcome::Exited(1) if refused(&stderr) => {
+                refusals += 1;
+                current = (current + 1) % configs.len();
+                write(current);
+            }
+            other => panic!("unexpected {other:?}: {stderr}"),
+        }
+    }
+    // Restart until done, following the refusals' advice.
+    for _ in 0..2 * configs.len() {
+        if finished {
+            break;
+        }
+        let (outcome, stderr) = run_once(&config, None, None);
+        runs += 1;
+        match outcome {
+            Outcome::Exited(0) => finished = true,
+            Outcome::Exited(1) if refused(&stderr) => {
+                refusals += 1;
+                current = (current + 1) % configs.len();
+                write(current);
+            }
+            other => panic!("unexpected {other:?}: {stderr}"),
+        }
+    }
+    assert!(finished, "the pipeline finished under one of the configs");
+    eprintln!(
+        "crash test (weather): {runs} runs; {kills} killed at random moments, {rollbacks} table roll-backs, \
+         {changes} config changes, {refusals} refused starts"
+    );
+
+    let mut last = None;
+    for table in ["events", "audit"] {
+        let read = read_delta(&dir.path().join("tables").join(table), "fan-out");
+        let counts = read.counts("id");
+        let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+        let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+        assert!(dupes.is_empty(), "table {table}: ids not exactly once: {dupes:?}");
+        assert!(missing.is_empty(), "table {table}: {} missing ids: {missing:?}", missing.len());
+        assert_eq!(counts.len(), ids.len(), "table {table}: no foreign ids");
+        assert!(last.is_none() || last == read.txn, "both tables at the same last batch");
+        last = read.txn;
+    }
+    let audit = read_delta(&dir.path().join("tables/audit"), "fan-out");
+    let mut batches: Vec<i64> = audit.rows.iter().map(|r| r["batch_id"].as_i64().unwrap()).collect();
+    batches.sort_unstable();
+    batches.dedup();
+    assert_eq!(batches, (0..=last.unwrap()).collect::<Vec<_>>(), "every batch id holds rows, none skipped");
+}
+
+/// Remove the newest commit of a Delta table's log, as a power loss before
+/// the write reached the disk would; never the table's creation (version 0).
+fn roll_back_one_version(table: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(table.join("_delta_log")) else { return false };
+    let mut commits: Vec<std::path::PathBuf> =
+        entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    commits.sort();
+    if commits.len() < 2 {
+        return false;
+    }
+    std::fs::remove_file(commits.pop().unwrap()).unwrap();
+    true
 }

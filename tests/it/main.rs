@@ -1,6 +1,7 @@
 //! Integration tests of the sluice host: one binary, one module per area,
 //! every guest a real component built from `tests/guests/` and `examples/`.
 
+mod agreement;
 mod bad_components;
 mod cli;
 mod conformance;

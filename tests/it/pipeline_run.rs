@@ -287,7 +287,7 @@ fn a_corrupt_checkpoint_stops_the_pipeline_naming_the_file() {
         stderr.contains(&format!("error: checkpoint file {} is corrupt: checksum mismatch", file.display())),
         "{stderr}"
     );
-    assert!(stderr.contains("sluice will not guess offsets: restore the file from a backup"), "{stderr}");
+    assert!(stderr.contains("sluice will not guess offsets: rebuild the checkpoint from the tables with `sluice checkpoint rebuild`"), "{stderr}");
     assert_exactly_once(dir.path(), &ids(0..30));
 }
 

@@ -1,5 +1,6 @@
 //! What each attempt of a batch did, for `sluice batch show`: when it ran,
-//! how it ended, and the sink's log.
+//! which component and config digest ran it, how it ended, and the sink's
+//! log.
 //!
 //! Kept in the checkpoint directory as JSON lines, one file per 100
 //! batches (`attempts/<batch / 100>.jsonl`). An attempt is recorded as
@@ -63,6 +64,12 @@ pub struct AttemptRecord {
     pub log: Vec<LogLine>,
     /// Log lines left out by the bound.
     pub log_lines_dropped: u64,
+    /// SHA-256 of the component that ran (`None` in older records).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_digest: Option<String>,
+    /// The config digest it ran under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
 }
 
 impl AttemptRecord {
@@ -80,7 +87,16 @@ impl AttemptRecord {
             kept_scratch: None,
             log: Vec::new(),
             log_lines_dropped: 0,
+            component_digest: None,
+            config_digest: None,
         }
+    }
+
+    /// Record which component and config digest ran this attempt.
+    pub fn running(mut self, component_digest: &str, config_digest: &str) -> Self {
+        self.component_digest = Some(component_digest.to_owned());
+        self.config_digest = Some(config_digest.to_owned());
+        self
     }
 
     /// Keep the last lines of `log`, within the bounds.

@@ -28,6 +28,7 @@
 //! put-if-absent can replace the directory later.
 
 pub mod attempt_log;
+pub mod rebuild;
 
 use crate::source::records::SourceRange;
 use serde::de::DeserializeOwned;
@@ -58,8 +59,10 @@ pub enum CheckpointError {
     },
     /// A file is damaged or inconsistent with the others.
     #[error(
-        "checkpoint file {path} is corrupt: {reason}. sluice will not guess offsets: restore the \
-         file from a backup, or, to deliberately start over, move the checkpoint directory away"
+        "checkpoint file {path} is corrupt: {reason}. sluice will not guess offsets: rebuild the checkpoint \
+         from the tables with `sluice checkpoint rebuild` and the pipeline's config (the tables record every \
+         batch they hold), or restore the file from a backup. Do not move the checkpoint away to start over \
+         while the tables hold batches: a new checkpoint would be behind them"
     )]
     Corrupt {
         /// The file.
@@ -113,6 +116,14 @@ pub struct CommittedBatch {
     /// Table → rows the sink staged for it (empty when found already committed).
     #[serde(default)]
     pub staged_rows: BTreeMap<String, u64>,
+    /// SHA-256 of the component whose output was committed (it may differ
+    /// from the one the batch was planned with, if it changed before any
+    /// table held the batch). `None` in records of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub component_digest: Option<String>,
+    /// The config digest the committed output ran under.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
 }
 
 /// Where a restarted pipeline stands.
@@ -293,6 +304,20 @@ impl Checkpoint {
         Ok(Resume { last_committed: last_committed_record, pending })
     }
 
+    /// Move the offset and commit logs into `<dir>/<name>/` (kept, never
+    /// deleted) and start them empty, for `sluice checkpoint rebuild`.
+    pub fn set_logs_aside(&self, name: &str) -> Result<PathBuf> {
+        let aside = self.dir.join(name);
+        std::fs::create_dir_all(&aside).map_err(io_err(&aside))?;
+        for log in [Log::Offsets, Log::Commits] {
+            let (from, to) = (self.dir.join(log.name()), aside.join(log.name()));
+            std::fs::rename(&from, &to).map_err(io_err(&from))?;
+            std::fs::create_dir_all(&from).map_err(io_err(&from))?;
+        }
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
+        Ok(aside)
+    }
+
     /// The highest planned batch id, if any.
     pub fn last_planned(&self) -> Result<Option<u64>> {
         self.last(Log::Offsets)
@@ -396,6 +421,8 @@ mod tests {
             table_versions: [("orders".to_owned(), n)].into(),
             records: 10,
             staged_rows: [("orders".to_owned(), 10)].into(),
+            component_digest: Some("c".repeat(64)),
+            config_digest: None,
         }
     }
 
@@ -447,7 +474,8 @@ mod tests {
         let err = cp.resume().unwrap_err();
         let msg = err.to_string();
         assert!(msg.starts_with(&format!("checkpoint file {} is corrupt: checksum mismatch", file.display())), "{msg}");
-        assert!(msg.ends_with("to deliberately start over, move the checkpoint directory away"), "{msg}");
+        assert!(msg.contains("rebuild the checkpoint from the tables with `sluice checkpoint rebuild`"), "{msg}");
+        assert!(!msg.contains("to start over, move"), "never advises starting over with the tables kept: {msg}");
         std::fs::write(&file, "").unwrap();
         assert!(cp.committed(0).unwrap_err().to_string().contains("no header line"));
     }

@@ -36,6 +36,9 @@ enum Command {
     Batch(BatchCommand),
     /// Check that every source record reached the tables once (for cron).
     Reconcile(ReconcileArgs),
+    /// Repair the checkpoint: `rebuild` it from the tables' Delta logs.
+    #[command(subcommand)]
+    Checkpoint(CheckpointCommand),
     /// Run the example upsert sink on an embedded Kafka into a local Delta table.
     Demo(DemoArgs),
     /// Run one batch of a sink over records from a JSONL file, without Kafka.
@@ -114,6 +117,23 @@ struct BatchExportArgs {
     /// Leave the component out (replaying then needs --component).
     #[arg(long)]
     without_component: bool,
+}
+
+#[derive(Subcommand)]
+enum CheckpointCommand {
+    /// Rebuild a lost or damaged checkpoint from the tables' Delta logs
+    /// (the old logs are kept aside); `sluice run` then continues exactly
+    /// where the tables are.
+    Rebuild(RebuildArgs),
+}
+
+#[derive(clap::Args)]
+struct RebuildArgs {
+    /// The pipeline config.
+    config: PathBuf,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -204,6 +224,7 @@ pub fn main() -> ExitCode {
         Command::Batch(BatchCommand::Show(args)) => batch_show(args),
         Command::Batch(BatchCommand::Export(args)) => batch_export(args),
         Command::Reconcile(args) => reconcile(args),
+        Command::Checkpoint(CheckpointCommand::Rebuild(args)) => checkpoint_rebuild(args),
         Command::Demo(args) => demo(args),
         Command::Exec(args) => exec(args),
     };
@@ -267,6 +288,14 @@ fn stop_on_signals(stop: Arc<AtomicBool>) -> Result<()> {
 fn report_event(event: &Event, indent: &str) {
     match event {
         Event::Committed(r) => println!("{indent}{}", progress_line(r)),
+        Event::Healed { batch_id, tables, records } => {
+            let tables: Vec<String> = tables.iter().map(|(t, v)| format!("{t}@v{v}")).collect();
+            println!(
+                "{indent}batch {batch_id}: healed: the table(s) had lost it; re-run from its plan ({records} records), \
+                 identical output committed again  [{}]",
+                tables.join(" ")
+            );
+        }
         Event::Retrying { batch_id, attempt, max_attempts, error, backoff } => {
             let what = batch_id.map_or("planning".to_owned(), |b| format!("batch {b}"));
             eprintln!(
@@ -354,6 +383,23 @@ fn batch_export(args: BatchExportArgs) -> Result<ExitCode> {
     );
     println!("replay it anywhere with: sluice replay --bundle {}", args.output.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Exit 0 when rebuilt, 1 when the tables disagree or lack what is needed
+/// (nothing changed then).
+fn checkpoint_rebuild(args: RebuildArgs) -> Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    match sluice::checkpoint::rebuild::rebuild(&config) {
+        Ok(report) => {
+            print_report(&report, args.json)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e @ (sluice::checkpoint::rebuild::RebuildError::TablesDisagree { .. } | sluice::checkpoint::rebuild::RebuildError::Incomplete(_))) => {
+            eprintln!("error: {e}");
+            Ok(ExitCode::from(1))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Exit 0 when everything reconciles, 1 on any discrepancy, 3 when nothing

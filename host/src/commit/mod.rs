@@ -5,9 +5,18 @@
 //!   and, in the commit metadata, the batch's source ranges and output
 //!   digest. Every declared table gets the transaction, even with no rows,
 //!   so "every table is at ≥ N" means "batch N is committed".
-//! - A table whose `txn` version for the app is already ≥ N is skipped: a
-//!   crash between two tables' commits is finished by re-running the
-//!   (deterministic) batch, never applied twice.
+//! - Before anything is written, every table is checked against the batch
+//!   (the table is the truth; see `pipeline::agreement`): a table already
+//!   holding N is skipped only if its commit of N records the same ranges
+//!   and output digest (a crash between two tables' commits is finished by
+//!   re-running the deterministic batch, never applied twice); a table past
+//!   N, one whose commit of N records something else, or one that lost
+//!   batches it held earlier in this run stops the commit with nothing
+//!   written ([`CommitError::Ahead`], [`CommitError::Disagrees`],
+//!   [`CommitError::Behind`]).
+//! - The commit metadata also records what ran (component and config
+//!   digest) and the planned timestamp, so the checkpoint can be rebuilt
+//!   from the tables alone (`sluice checkpoint rebuild`).
 //! - Rows that do not fit the table's schema fail the commit before anything
 //!   is written, naming the table and the column.
 //! - Two writers racing on batch N: Delta's conflict check on the app
@@ -21,6 +30,7 @@
 mod last_per_key;
 
 use crate::output::{BatchOutput, StagedOp, StagedRows, WriteMode};
+use crate::source::records::SourceRange;
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
 use deltalake::kernel::transaction::CommitProperties;
@@ -129,7 +139,8 @@ pub enum CommitError {
     /// A table the checkpoint says holds committed batches is gone.
     #[error(
         "table `{table}` at {path} does not exist, but the checkpoint records batches committed to it; \
-         restore the table (or, to deliberately start over, move the checkpoint away too)"
+         restore the table (or, to deliberately start over, move the checkpoint and every table of the \
+         pipeline away together)"
     )]
     Missing {
         /// Table.
@@ -143,6 +154,58 @@ pub enum CommitError {
     /// The sink staged to a table the pipeline does not declare.
     #[error("batch output stages to undeclared table `{0}`")]
     UnknownTable(String),
+    /// A table holds a later batch of this pipeline than the one committing.
+    #[error(
+        "table `{table}` (Delta version {version}) already holds batch {holds} of this pipeline, past batch \
+         {batch} being committed: another process writes it with the same pipeline.id, or the checkpoint is \
+         older than the table. Nothing was committed. Stop the other writer; if the checkpoint is the stale \
+         one, rebuild it from the tables with `sluice checkpoint rebuild` and the pipeline's config"
+    )]
+    Ahead {
+        /// Table.
+        table: String,
+        /// Its Delta version.
+        version: u64,
+        /// The batch it holds (its `txn` version).
+        holds: i64,
+        /// The batch being committed.
+        batch: u64,
+    },
+    /// A table holds the batch being committed, with something else in it.
+    #[error(
+        "table `{table}` (Delta version {version}) holds batch {batch} with {what}: it was committed by \
+         another run of the batch (a different checkpoint, component or config). Nothing was committed. \
+         See the README's \"agreement\" section: rebuild the checkpoint from the tables \
+         (`sluice checkpoint rebuild`) if the tables are right, or restore the table from a backup"
+    )]
+    Disagrees {
+        /// Table.
+        table: String,
+        /// The Delta version of its commit of the batch.
+        version: u64,
+        /// The batch.
+        batch: u64,
+        /// What differs, both sides.
+        what: String,
+    },
+    /// A table lost batches it held earlier in this run (its log was
+    /// truncated or restored from a backup while sluice ran).
+    #[error(
+        "table `{table}` (Delta version {version}) now holds {} but held batch {expected} earlier in this run: \
+         its last commits were removed or it was restored from a backup. Nothing was committed. Run \
+         `sluice run` again: at start the lost batches are re-run from their recorded plans",
+        holds.map_or("no batch".to_owned(), |h| format!("batch {h}"))
+    )]
+    Behind {
+        /// Table.
+        table: String,
+        /// Its Delta version now.
+        version: u64,
+        /// The batch it holds now.
+        holds: Option<i64>,
+        /// The batch it held before.
+        expected: i64,
+    },
     /// Delta or the storage under it failed.
     #[error("table `{table}` at {path}: {source}")]
     Delta {
@@ -164,7 +227,33 @@ pub struct DeltaCommitter {
     /// Tables opened before, by name. Reloading a table from storage for
     /// every check and every commit cost 10–20 ms each.
     open: Mutex<BTreeMap<String, OpenTable>>,
+    /// The last batch each table was seen holding: a table found holding
+    /// less later lost commits ([`CommitError::Behind`]).
+    seen: Mutex<BTreeMap<String, i64>>,
     runtime: tokio::runtime::Runtime,
+}
+
+/// What ran to produce a batch output: recorded in each table's commit so a
+/// replay uses what committed and the checkpoint can be rebuilt from the
+/// tables.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Provenance {
+    /// SHA-256 of the sink component that produced the output.
+    pub component_digest: String,
+    /// The pipeline config digest it ran under.
+    pub config_digest: String,
+}
+
+/// A table's standing for the agreement checks: its version, the last batch
+/// it holds and that batch's commit (when found near the end of the log).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Holding {
+    /// The Delta version.
+    pub version: u64,
+    /// The last batch id committed by this pipeline (its `txn` version).
+    pub txn: Option<i64>,
+    /// The commit of batch `txn`, with what it records.
+    pub commit: Option<BatchCommit>,
 }
 
 /// A table kept open between batches.
@@ -183,13 +272,76 @@ pub struct TableState {
     pub last_batch: Option<i64>,
 }
 
-/// Where a batch landed in one table: found from the commit metadata.
+/// Where a batch landed in one table, and what its commit metadata records.
+/// Fields are `None` in commits made by versions of sluice that did not
+/// record them.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BatchCommit {
     /// The Delta version whose commit carries the batch.
     pub version: u64,
+    /// The batch.
+    pub batch_id: u64,
     /// The batch output digest recorded in the commit metadata.
     pub output_digest: String,
+    /// The batch's source ranges.
+    pub ranges: Option<Vec<SourceRange>>,
+    /// The batch's planned timestamp (the sink's clock).
+    pub planned_timestamp_ms: Option<i64>,
+    /// The component that produced the output.
+    pub component_digest: Option<String>,
+    /// The config digest it ran under.
+    pub config_digest: Option<String>,
+    /// Records delivered to the sink.
+    pub records: Option<u64>,
+    /// Rows the commit wrote to this table.
+    pub rows: Option<u64>,
+}
+
+impl BatchCommit {
+    /// Read from a commit's `commitInfo.sluice` metadata, if it is this
+    /// pipeline's.
+    fn parse(version: u64, meta: &serde_json::Value, app_id: &str) -> Option<Self> {
+        if meta["pipeline_id"] != app_id {
+            return None;
+        }
+        let text = |k: &str| meta[k].as_str().map(str::to_owned);
+        Some(Self {
+            version,
+            batch_id: meta["batch_id"].as_u64()?,
+            output_digest: text("output_digest").unwrap_or_default(),
+            ranges: serde_json::from_value(meta["ranges"].clone()).ok(),
+            planned_timestamp_ms: meta["planned_timestamp_ms"].as_i64(),
+            component_digest: text("component_digest"),
+            config_digest: text("config_digest"),
+            records: meta["records"].as_u64(),
+            rows: meta["rows"].as_u64(),
+        })
+    }
+
+    /// What differs between this commit and `output`, if anything.
+    pub fn differs_from(&self, ranges: &[SourceRange], output_digest: Option<&str>) -> Option<String> {
+        if let Some(recorded) = self.ranges.as_deref().filter(|r| *r != ranges) {
+            return Some(format!("source ranges {} where this run has {}", ranges_text(recorded), ranges_text(ranges)));
+        }
+        match output_digest {
+            Some(d) if !self.output_digest.is_empty() && self.output_digest != d => Some(format!(
+                "output digest {} where this run has {}",
+                short(&self.output_digest),
+                short(d)
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// `events/0 0..10, events/1 0..10`, for messages.
+pub fn ranges_text(ranges: &[SourceRange]) -> String {
+    let text: Vec<String> = ranges.iter().map(|r| format!("{}/{} {}..{}", r.topic, r.partition, r.start, r.end)).collect();
+    if text.is_empty() { "(none)".to_owned() } else { text.join(", ") }
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(16)]
 }
 
 /// One commit of a table's log, as `sluice reconcile` reads it.
@@ -230,7 +382,14 @@ impl DeltaCommitter {
     /// A committer writing as `app_id` (the Delta `txn` application id).
     pub fn new(app_id: impl Into<String>, tables: Vec<TableConfig>) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-        Ok(Self { app_id: app_id.into(), tables, existing: BTreeSet::new(), open: Mutex::default(), runtime })
+        Ok(Self {
+            app_id: app_id.into(),
+            tables,
+            existing: BTreeSet::new(),
+            open: Mutex::default(),
+            seen: Mutex::default(),
+            runtime,
+        })
     }
 
     /// Refuse to create these tables: the checkpoint says they hold batches,
@@ -273,28 +432,97 @@ impl DeltaCommitter {
         })
     }
 
+    /// Each table's standing: version, last batch held and its commit
+    /// (searched for among the newest `depth` versions). Creates missing
+    /// tables like [`ensure_tables`](Self::ensure_tables).
+    pub fn holdings(&self, depth: u64) -> Result<BTreeMap<String, Holding>, CommitError> {
+        self.runtime.block_on(async {
+            let mut out = BTreeMap::new();
+            for t in &self.tables {
+                let mut open = self.latest(t).await?;
+                let txn = self.app_txn(t, &mut open).await?;
+                let commit = match txn {
+                    Some(n) if n >= 0 => find_batch_commit(t, &open.table, &self.app_id, n as u64, depth).await?,
+                    _ => None,
+                };
+                let version = open.table.version().unwrap_or(0);
+                self.keep(t, open);
+                self.see(t, version, txn)?;
+                out.insert(t.name.clone(), Holding { version, txn, commit });
+            }
+            Ok(out)
+        })
+    }
+
+    /// Every commit of this pipeline still in `table`'s log, oldest first,
+    /// read without creating the table (`None`: it does not exist).
+    pub fn batch_commits(&self, table: &str) -> Result<Option<Vec<BatchCommit>>, CommitError> {
+        let t = self.tables.iter().find(|t| t.name == table).ok_or_else(|| CommitError::UnknownTable(table.to_owned()))?;
+        self.runtime.block_on(async {
+            if !t.path.join("_delta_log").is_dir() {
+                return Ok(None);
+            }
+            let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
+            let Some(latest) = table.version() else { return Ok(None) };
+            let store = table.log_store();
+            let mut out = Vec::new();
+            for version in 0..=latest {
+                let Some(bytes) = store.read_commit_entry(version).await.map_err(delta_err(t))? else { continue };
+                out.extend(commit_meta(&bytes).and_then(|meta| BatchCommit::parse(version, &meta, &self.app_id)));
+            }
+            Ok(Some(out))
+        })
+    }
+
     async fn txn_version(&self, t: &TableConfig, table: &DeltaTable) -> Result<Option<i64>, CommitError> {
         let state = table.snapshot().map_err(delta_err(t))?;
         state.transaction_version(table.log_store().as_ref(), &self.app_id).await.map_err(delta_err(t))
     }
 
-    /// Commit `output` to every declared table not already at its batch.
-    /// Returns each table's Delta version holding the batch.
+    /// Commit `output` to every declared table not already at its batch,
+    /// recording no provenance (tests and tools; the pipeline uses
+    /// [`commit_with`](Self::commit_with)).
     pub fn commit(&self, output: &BatchOutput) -> Result<BTreeMap<String, u64>, CommitError> {
+        self.commit_with(output, &Provenance::default(), None)
+    }
+
+    /// Commit `output` to every declared table (or, with `only`, to those
+    /// named) not already holding its batch. Every table is checked before
+    /// any is written (see the module guarantees). Returns each table's
+    /// Delta version holding the batch.
+    pub fn commit_with(
+        &self,
+        output: &BatchOutput,
+        provenance: &Provenance,
+        only: Option<&BTreeSet<String>>,
+    ) -> Result<BTreeMap<String, u64>, CommitError> {
         if let Some(op) = output.ops.iter().find(|op| !self.tables.iter().any(|t| t.name == op.table)) {
             return Err(CommitError::UnknownTable(op.table.clone()));
         }
+        let tables: Vec<&TableConfig> = self.tables.iter().filter(|t| only.is_none_or(|o| o.contains(&t.name))).collect();
         // Decode everything first: a bad row fails the batch before any table moves.
         let mut prepared = Vec::new();
-        for t in &self.tables {
+        for t in tables {
             let ops: Vec<&StagedOp> = output.ops.iter().filter(|op| op.table == t.name).collect();
             prepared.push((t, prepare(t, &ops)?));
         }
         self.runtime.block_on(async {
             let mut versions = BTreeMap::new();
-            let last = prepared.len().saturating_sub(1);
-            for (i, (t, write)) in prepared.into_iter().enumerate() {
-                versions.insert(t.name.clone(), self.commit_table(t, write, output).await?);
+            // Check every table first: a table that disagrees stops the
+            // batch before any other table moves.
+            let mut todo = Vec::new();
+            for (t, write) in prepared {
+                let open = self.latest(t).await?;
+                match self.check(t, open, output).await? {
+                    Checked::Holds(version) => {
+                        versions.insert(t.name.clone(), version);
+                    }
+                    Checked::Needs(open) => todo.push((t, write, open)),
+                }
+            }
+            let last = todo.len().saturating_sub(1);
+            for (i, (t, write, open)) in todo.into_iter().enumerate() {
+                versions.insert(t.name.clone(), self.commit_table(t, open, write, output, provenance).await?);
                 if i < last {
                     crate::failpoint::hit("between-table-commits");
                 }
@@ -310,7 +538,7 @@ impl DeltaCommitter {
             let mut out = BTreeMap::new();
             for t in &self.tables {
                 let table = self.open(t).await?;
-                out.insert(t.name.clone(), find_batch_commit(t, &table, n, depth).await?);
+                out.insert(t.name.clone(), find_batch_commit(t, &table, &self.app_id, n, depth).await?);
             }
             Ok(out)
         })
@@ -390,12 +618,70 @@ impl DeltaCommitter {
     /// so a failure leaves nothing stale behind.
     async fn latest(&self, t: &TableConfig) -> Result<OpenTable, CommitError> {
         let kept = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&t.name);
-        match kept {
-            Some(mut open) => {
-                open.table.update_incremental(None).await.map_err(delta_err(t))?;
-                Ok(open)
+        if let Some(mut open) = kept {
+            open.table.update_incremental(None).await.map_err(delta_err(t))?;
+            // An update only looks past the version held: a log cut back
+            // below it (a restore, a lost write) must be read afresh, or the
+            // next commit would leave a hole in the log. One stat.
+            let held = open.table.version().is_none_or(|v| t.path.join("_delta_log").join(format!("{v:020}.json")).exists());
+            if held {
+                return Ok(open);
             }
-            None => Ok(OpenTable { table: self.open(t).await?, txn: None }),
+        }
+        Ok(OpenTable { table: self.open(t).await?, txn: None })
+    }
+
+    /// Remember that `t` holds `txn`; a table holding less than it was seen
+    /// holding before lost commits.
+    fn see(&self, t: &TableConfig, version: u64, txn: Option<i64>) -> Result<(), CommitError> {
+        let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
+        match (seen.get(&t.name).copied(), txn) {
+            (Some(expected), holds) if holds.is_none_or(|h| h < expected) => {
+                Err(CommitError::Behind { table: t.name.clone(), version, holds, expected })
+            }
+            (_, Some(h)) => {
+                seen.insert(t.name.clone(), h);
+                Ok(())
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The check before committing `output` to `t`: whether the table
+    /// already holds the batch (and the same output), needs it, or
+    /// disagrees. The table goes back to the cache unless it needs the
+    /// commit.
+    async fn check(&self, t: &TableConfig, mut open: OpenTable, output: &BatchOutput) -> Result<Checked, CommitError> {
+        let n = output.batch.batch_id;
+        let txn = self.app_txn(t, &mut open).await;
+        let version = open.table.version().unwrap_or(0);
+        let verdict = match txn {
+            Err(e) => Err(e),
+            Ok(txn) => match self.see(t, version, txn) {
+                Err(e) => Err(e),
+                Ok(()) => match txn {
+                    Some(h) if h > n as i64 => Err(CommitError::Ahead { table: t.name.clone(), version, holds: h, batch: n }),
+                    Some(h) if h == n as i64 => {
+                        match find_batch_commit(t, &open.table, &self.app_id, n, FIND_DEPTH).await {
+                            Err(e) => Err(e),
+                            Ok(Some(c)) => match c.differs_from(&output.batch.ranges, Some(&output.digest)) {
+                                Some(what) => Err(CommitError::Disagrees { table: t.name.clone(), version: c.version, batch: n, what }),
+                                None => Ok(Some(c.version)),
+                            },
+                            // Older than the search depth: the txn says it is there.
+                            Ok(None) => Ok(Some(version)),
+                        }
+                    }
+                    _ => Ok(None),
+                },
+            },
+        };
+        match verdict {
+            Ok(None) => Ok(Checked::Needs(open)),
+            other => {
+                self.keep(t, open);
+                other.map(|v| Checked::Holds(v.unwrap_or(version)))
+            }
         }
     }
 
@@ -417,21 +703,24 @@ impl DeltaCommitter {
         Ok(txn)
     }
 
-    async fn commit_table(&self, t: &TableConfig, write: Prepared, output: &BatchOutput) -> Result<u64, CommitError> {
+    async fn commit_table(
+        &self,
+        t: &TableConfig,
+        open: OpenTable,
+        write: Prepared,
+        output: &BatchOutput,
+        provenance: &Provenance,
+    ) -> Result<u64, CommitError> {
         let batch_id = output.batch.batch_id as i64;
-        let mut open = self.latest(t).await?;
-        let skip = self.app_txn(t, &mut open).await?.is_some_and(|v| v >= batch_id);
-        if skip {
-            let version = open.table.version().unwrap_or(0);
-            self.keep(t, open);
-            return Ok(version);
-        }
         let table = open.table;
         let metadata = serde_json::json!({
             "pipeline_id": output.batch.pipeline_id,
             "batch_id": output.batch.batch_id,
             "ranges": output.batch.ranges,
             "output_digest": output.digest,
+            "planned_timestamp_ms": output.batch.planned_timestamp_ms,
+            "component_digest": provenance.component_digest,
+            "config_digest": provenance.config_digest,
             "records": output.records_in,
             // What this transaction writes (upserts: one row per key), for `sluice reconcile`.
             "rows": write.rows(),
@@ -469,6 +758,7 @@ impl DeltaCommitter {
         let version = table.version();
         // The commit carries txn(app, N): no need to read it back.
         self.keep(t, OpenTable { table, txn: Some((version, Some(batch_id))) });
+        self.see(t, version.unwrap_or(0), Some(batch_id))?;
         Ok(version.unwrap_or(0))
     }
 }
@@ -484,20 +774,35 @@ fn table_url(t: &TableConfig) -> Result<Url, CommitError> {
         .map_err(|()| CommitError::Schema { table: t.name.clone(), what: format!("path {} is not a usable directory", path.display()) })
 }
 
-/// The version and digest of batch `n`'s commit, from the commit metadata
-/// of the newest `depth` versions.
-async fn find_batch_commit(t: &TableConfig, table: &DeltaTable, n: u64, depth: u64) -> Result<Option<BatchCommit>, CommitError> {
+/// How many versions back to look for a batch's commit.
+const FIND_DEPTH: u64 = 64;
+
+/// What the check before a commit found.
+enum Checked {
+    /// The table holds the batch, at this version: skip it.
+    Holds(u64),
+    /// The table needs the commit.
+    Needs(OpenTable),
+}
+
+/// The `commitInfo.sluice` metadata of one commit file, if any.
+fn commit_meta(bytes: &[u8]) -> Option<serde_json::Value> {
+    bytes.split(|&b| b == b'\n').find_map(|line| {
+        let mut action = serde_json::from_slice::<serde_json::Value>(line).ok()?;
+        let meta = action.get_mut("commitInfo")?.get_mut("sluice")?.take();
+        Some(meta)
+    })
+}
+
+/// Batch `n`'s commit, from the commit metadata of the newest `depth`
+/// versions.
+async fn find_batch_commit(t: &TableConfig, table: &DeltaTable, app_id: &str, n: u64, depth: u64) -> Result<Option<BatchCommit>, CommitError> {
     let Some(latest) = table.version() else { return Ok(None) };
     let store = table.log_store();
     for version in (0..=latest).rev().take(depth as usize) {
         let Some(bytes) = store.read_commit_entry(version).await.map_err(delta_err(t))? else { continue };
-        for line in bytes.split(|&b| b == b'\n') {
-            let Ok(action) = serde_json::from_slice::<serde_json::Value>(line) else { continue };
-            let meta = &action["commitInfo"]["sluice"];
-            if meta["batch_id"].as_u64() == Some(n) {
-                let output_digest = meta["output_digest"].as_str().unwrap_or_default().to_owned();
-                return Ok(Some(BatchCommit { version, output_digest }));
-            }
+        if let Some(c) = commit_meta(&bytes).and_then(|meta| BatchCommit::parse(version, &meta, app_id)).filter(|c| c.batch_id == n) {
+            return Ok(Some(c));
         }
     }
     Ok(None)

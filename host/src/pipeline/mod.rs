@@ -14,19 +14,30 @@
 //! Every step is idempotent given the step before it, so a crash anywhere
 //! resumes by re-running the pending batches from their recorded plans. What
 //! makes a half-committed batch safe to finish is determinism: the re-run
-//! produces the same output, and tables already at ≥ N are skipped.
+//! produces the same output (same component, same config digest: a change
+//! of either refuses to finish it), and a table already holding N is
+//! skipped once its commit of N is checked to record the same ranges and
+//! output digest.
+//!
+//! The table is the truth, the checkpoint its index ([`agreement`]): at
+//! start every table is compared with the checkpoint. A table ahead of it,
+//! or one recording other ranges for a batch, stops the pipeline before
+//! anything runs; a table behind it (it lost its last commits) is healed
+//! first, by re-running the lost batches from their recorded plans.
 
+pub mod agreement;
 pub mod metrics;
 
 use crate::checkpoint::attempt_log::{self, AttemptRecord, Outcome};
 use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, PlannedBatch};
-use crate::commit::{CommitError, DeltaCommitter};
+use crate::commit::{CommitError, DeltaCommitter, Provenance};
+use crate::pipeline::agreement::{AgreementError, Heal};
 use crate::config::{PipelineConfig, Trigger};
 use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::pipeline::metrics::Metrics;
 use crate::source::read_ahead::ReadAhead;
 use crate::source::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
-use crate::sandbox::{RuntimeBuilder, Sink};
+use crate::sandbox::{Runtime, RuntimeBuilder, Sink};
 use crate::source::{KafkaSource, KafkaSourceError};
 use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
@@ -45,6 +56,9 @@ pub enum PipelineError {
     /// The checkpoint is unusable (owned by another process, corrupt, I/O).
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The tables and the checkpoint disagree in a way sluice does not heal.
+    #[error(transparent)]
+    Agreement(#[from] AgreementError),
     /// The sink component cannot be loaded.
     #[error("sink component {path}: {source}")]
     Load {
@@ -84,9 +98,9 @@ pub enum PipelineError {
     /// whose output may differ from what the committed tables hold.
     #[error(
         "batch {batch_id} is committed to tables {committed:?} but not to {pending:?}, and the sink \
-         component changed since it was planned ({planned} → {current}); finishing it with another \
-         component could commit output that disagrees. Run the planned component to finish batch \
-         {batch_id}, then switch"
+         component changed since it ran ({planned} → {current}); finishing it with another \
+         component could commit output that disagrees. Run the component that committed it to finish \
+         batch {batch_id}, then switch"
     )]
     ComponentChanged {
         /// The batch.
@@ -95,11 +109,37 @@ pub enum PipelineError {
         committed: Vec<String>,
         /// Tables not yet holding it.
         pending: Vec<String>,
-        /// Digest of the component it was planned with.
+        /// Digest of the component whose output the tables hold.
         planned: String,
         /// Digest of the component configured now.
         current: String,
     },
+    /// A half-committed batch would be finished under a changed config.
+    #[error(transparent)]
+    ConfigChanged(Box<ConfigChanged>),
+}
+
+/// A half-committed batch would be finished under a changed config the
+/// sink can observe (limits, chunk sizes, tables, read-affecting source
+/// properties): its output may differ from what the committed tables hold.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "batch {batch_id} is committed to tables {committed:?} but not to {pending:?}, and the config changed since it \
+     ran (config digest {ran} → {current}: limits, chunk sizes, tables or read-affecting source properties); \
+     finishing it under another config could commit output that disagrees. Run `sluice run` with the config batch \
+     {batch_id} ran with to finish it, then switch"
+)]
+pub struct ConfigChanged {
+    /// The batch.
+    pub batch_id: u64,
+    /// Tables already holding it.
+    pub committed: Vec<String>,
+    /// Tables not yet holding it.
+    pub pending: Vec<String>,
+    /// The config digest its committed output ran under.
+    pub ran: String,
+    /// The config digest now.
+    pub current: String,
 }
 
 /// What happened to one batch, for the progress line.
@@ -137,6 +177,16 @@ pub struct BatchReport {
 pub enum Event {
     /// A batch is committed (or was found committed after a restart).
     Committed(BatchReport),
+    /// A committed batch that tables had lost was re-run from its recorded
+    /// plan and committed to them again, with the output recorded for it.
+    Healed {
+        /// The batch.
+        batch_id: u64,
+        /// Table → Delta version now holding it again.
+        tables: BTreeMap<String, u64>,
+        /// Records re-run.
+        records: u64,
+    },
     /// A step failed in a way that may pass; it is tried again after
     /// `backoff` (planning: `batch_id` is `None`).
     Retrying {
@@ -185,7 +235,10 @@ pub struct Pipeline {
     checkpoint: Checkpoint,
     source: KafkaSource,
     committer: DeltaCommitter,
+    runtime: Runtime,
     sink: Sink,
+    /// Batches tables lost, to re-run before anything else.
+    heals: Vec<Heal>,
     metrics: Metrics,
     stop: Arc<AtomicBool>,
     /// The last committed batch and the ends of its ranges (for lag).
@@ -203,6 +256,7 @@ pub struct Pipeline {
 /// A batch whose sink has run: its output waits for the commit.
 struct Ran {
     planned: PlannedBatch,
+    provenance: Provenance,
     output: crate::BatchOutput,
     attempts: u32,
     started: Instant,
@@ -275,6 +329,11 @@ impl Pipeline {
             .map_err(|e| commit_err(CommitError::Io(e)))?
             .expect_existing(existing.collect::<Vec<_>>());
         committer.ensure_tables().map_err(commit_err)?;
+        // The table is the truth: compare each with the checkpoint before
+        // anything runs.
+        let holdings = committer.holdings(FIND_COMMIT_DEPTH).map_err(commit_err)?;
+        let config_path = config_path.into();
+        let heals = agreement::check(&checkpoint, &resume, &holdings, &config.pipeline.id, &config_path)?;
 
         let source = KafkaSource::connect(config.source_for(None))?;
 
@@ -282,11 +341,13 @@ impl Pipeline {
             config_digest: config.digest(),
             metrics: Metrics { pipeline: config.pipeline.id.clone(), ..Default::default() },
             config,
-            config_path: config_path.into(),
+            config_path,
             checkpoint,
             source,
             committer,
+            runtime,
             sink,
+            heals,
             stop: Arc::new(AtomicBool::new(false)),
             last_committed: resume.last_committed,
             ends,
@@ -315,6 +376,11 @@ impl Pipeline {
     /// in order: N+1 commits only after `commits/N` is written, and nothing
     /// runs further ahead (see the checkpoint's guarantees).
     pub fn run(&mut self, mut on_event: impl FnMut(&Event)) -> Result<RunSummary, PipelineError> {
+        for heal in std::mem::take(&mut self.heals) {
+            if !self.heal(heal, &mut on_event)? {
+                return Ok(self.summary(Stopped::Requested));
+            }
+        }
         let until = match self.config.pipeline.trigger {
             Trigger::AvailableNow => match self.with_retries(&mut on_event, |s| s.source.high_watermarks())? {
                 Some(highs) => Some(highs),
@@ -436,8 +502,9 @@ impl Pipeline {
                 Err(next) => return Ok(next),
             },
         };
-        let Some((output, attempts, sink)) = self.run_sink(&planned, on_event)? else { return Ok(Next::Stopped) };
-        Ok(Next::Ran(Box::new(Ran { planned, output, attempts, started, check, sink })))
+        let Some((output, attempts, sink)) = self.run_sink(&planned, &self.sink, on_event)? else { return Ok(Next::Stopped) };
+        let provenance = Provenance { component_digest: self.sink.digest().to_owned(), config_digest: self.config_digest.clone() };
+        Ok(Next::Ran(Box::new(Ran { planned, provenance, output, attempts, started, check, sink })))
     }
 
     /// Step 1: plan the next batch and write its `offsets/N`, or say why
@@ -490,18 +557,58 @@ impl Pipeline {
         let holding = |v: &Option<i64>| v.is_some_and(|v| v >= n as i64);
         let (done, todo): (Vec<_>, Vec<_>) = txns.iter().partition(|(_, v)| holding(v));
         if !todo.is_empty() {
-            if planned.component_digest != self.sink.digest() && !done.is_empty() {
+            if done.is_empty() {
+                return Ok(None);
+            }
+            // Half-committed: only what produced the committed output may
+            // finish it. That is recorded in the tables' commits (older
+            // commits lack it: then the plan says).
+            let found = self.committer.find_batch(n, FIND_COMMIT_DEPTH).map_err(commit_err)?;
+            let ran = found.values().flatten().next();
+            let recorded = |d: Option<&String>, planned: &String| d.filter(|d| !d.is_empty()).unwrap_or(planned).clone();
+            let ran_component = recorded(ran.and_then(|c| c.component_digest.as_ref()), &planned.component_digest);
+            let ran_config = recorded(ran.and_then(|c| c.config_digest.as_ref()), &planned.config_digest);
+            let committed = || done.iter().map(|(t, _)| (*t).clone()).collect();
+            let pending = || todo.iter().map(|(t, _)| (*t).clone()).collect();
+            if ran_component != self.sink.digest() {
                 return Err(PipelineError::ComponentChanged {
                     batch_id: n,
-                    committed: done.iter().map(|(t, _)| (*t).clone()).collect(),
-                    pending: todo.iter().map(|(t, _)| (*t).clone()).collect(),
-                    planned: planned.component_digest.clone(),
+                    committed: committed(),
+                    pending: pending(),
+                    planned: ran_component,
                     current: self.sink.digest().to_owned(),
                 });
+            }
+            if ran_config != self.config_digest {
+                return Err(PipelineError::ConfigChanged(Box::new(ConfigChanged {
+                    batch_id: n,
+                    committed: committed(),
+                    pending: pending(),
+                    ran: ran_config,
+                    current: self.config_digest.clone(),
+                })));
             }
             return Ok(None);
         }
         let found = self.committer.find_batch(n, FIND_COMMIT_DEPTH).map_err(commit_err)?;
+        // Every table holds it: they must hold the same output, the one planned.
+        let mut first: Option<(&String, &crate::commit::BatchCommit)> = None;
+        for (table, c) in found.iter().filter_map(|(t, c)| c.as_ref().map(|c| (t, c))) {
+            let what = match first {
+                None => c.differs_from(&planned.ranges, None),
+                Some((other, f)) => c.differs_from(&planned.ranges, Some(&f.output_digest)).map(|w| format!("{w} (table `{other}`)")),
+            };
+            if let Some(what) = what {
+                let source = CommitError::Disagrees { table: table.clone(), version: c.version, batch: n, what };
+                return Err(commit_err(source));
+            }
+            first = first.or(Some((table, c)));
+        }
+        let recorded = |d: Option<&String>, planned: &String| d.filter(|d| !d.is_empty()).unwrap_or(planned).clone();
+        let provenance = Provenance {
+            component_digest: recorded(first.and_then(|(_, c)| c.component_digest.as_ref()), &planned.component_digest),
+            config_digest: recorded(first.and_then(|(_, c)| c.config_digest.as_ref()), &planned.config_digest),
+        };
         // A commit older than the search depth: record the current version.
         let current = if found.values().any(Option::is_none) {
             self.committer.ensure_tables().map_err(commit_err)?
@@ -525,7 +632,79 @@ impl Pipeline {
             output_digest,
             staged_rows: BTreeMap::new(),
         };
-        log_commit(&self.checkpoint, &self.source, planned, report).map(Some)
+        log_commit(&self.checkpoint, &self.source, planned, &provenance, report).map(Some)
+    }
+
+    /// Re-run a committed batch that tables lost (see [`agreement`]) and
+    /// commit it to them, if the re-run reproduces the recorded output.
+    /// False when stopped meanwhile (the next start heals it).
+    fn heal(&mut self, heal: Heal, on_event: &mut impl FnMut(&Event)) -> Result<bool, PipelineError> {
+        let Heal { batch_id: n, tables } = heal;
+        let list = agreement::table_list(&tables);
+        let cannot = |why: String, hint: String| AgreementError::CannotHeal { tables: list.clone(), batch: n, why, hint };
+        let (Some(planned), Some(mut committed)) = (self.checkpoint.planned(n)?, self.checkpoint.committed(n)?) else {
+            return Err(cannot(format!("offsets/{n} or commits/{n} is no longer in the checkpoint"), String::new()).into());
+        };
+        // The component that produced the committed output, kept in the
+        // checkpoint when it is not the configured one.
+        let digest = committed.component_digest.clone().unwrap_or_else(|| planned.component_digest.clone());
+        let sink = if digest == self.sink.digest() {
+            self.sink.clone()
+        } else {
+            let kept = self.checkpoint.component(&digest);
+            self.runtime.load(&kept).map_err(|e| {
+                cannot(
+                    format!("the component that committed it ({}) cannot be loaded from {}: {e}", short(&digest), kept.display()),
+                    "; or configure that component for this run".into(),
+                )
+            })?
+        };
+        let result = self.run_sink(&planned, &sink, on_event);
+        let output = match result {
+            Ok(Some((output, _, _))) => output,
+            Ok(None) => return Ok(false),
+            Err(PipelineError::BatchFailed { failure, .. }) => {
+                let why = match &failure.error {
+                    BatchError::Source(e) => format!(
+                        "its records ({}) cannot be read from Kafka any more: {e}",
+                        crate::commit::ranges_text(&planned.ranges)
+                    ),
+                    e => format!("the re-run failed: {e}"),
+                };
+                let hint = format!(
+                    "; if its records are gone from Kafka, a bundle made earlier with `sluice batch export {n}` holds \
+                     them: `sluice replay --bundle FILE` shows the output the table lost"
+                );
+                return Err(cannot(why, hint).into());
+            }
+            Err(e) => return Err(e),
+        };
+        if output.digest != committed.output_digest {
+            let why = format!(
+                "the re-run's output (digest {}) is not the committed one ({}): the component or the config changed \
+                 since it ran (config digest then {}, now {})",
+                short(&output.digest),
+                short(&committed.output_digest),
+                short(committed.config_digest.as_deref().unwrap_or(&planned.config_digest)),
+                short(&self.config_digest),
+            );
+            return Err(cannot(why, format!("; or run with the component and config batch {n} ran with")).into());
+        }
+        let provenance = Provenance {
+            component_digest: digest,
+            config_digest: committed.config_digest.clone().unwrap_or_else(|| planned.config_digest.clone()),
+        };
+        let versions = self
+            .committer
+            .commit_with(&output, &provenance, Some(&tables))
+            .map_err(|source| PipelineError::Commit { batch_id: n, source })?;
+        committed.table_versions.extend(versions.clone());
+        self.checkpoint.record_committed(&committed)?;
+        if self.last_committed.as_ref().is_some_and(|c| c.batch_id == n) {
+            self.last_committed = Some(committed);
+        }
+        on_event(&Event::Healed { batch_id: n, tables: versions, records: output.records_in });
+        Ok(true)
     }
 
     /// A batch's sink ran: its record size sizes the next plan.
@@ -563,6 +742,7 @@ impl Pipeline {
     fn run_sink(
         &self,
         planned: &PlannedBatch,
+        sink: &Sink,
         on_event: &mut impl FnMut(&Event),
     ) -> Result<Option<(crate::BatchOutput, u32, Duration)>, PipelineError> {
         let spec = BatchSpec {
@@ -576,10 +756,10 @@ impl Pipeline {
         let mut sink_time = Duration::ZERO;
         for attempt in 1..=max_attempts {
             let started = Instant::now();
-            let record = AttemptRecord::started(spec.batch_id, attempt, now_ms());
+            let record = AttemptRecord::started(spec.batch_id, attempt, now_ms()).running(sink.digest(), &self.config_digest);
             self.note_attempt(&record);
             let result = match self.source.fetch(&planned.ranges) {
-                Ok(fetch) => self.sink.run(&spec, attempt, Box::new(ReadAhead::new(InSink(fetch)))),
+                Ok(fetch) => sink.run(&spec, attempt, Box::new(ReadAhead::new(InSink(fetch)))),
                 Err(e) => Err(BatchFailure {
                     batch_id: spec.batch_id,
                     attempt,
@@ -691,9 +871,11 @@ impl Pipeline {
 /// Steps 4–5 of the batch life, on the commit thread: one Delta
 /// transaction per table, then `commits/N`.
 fn commit_batch(committer: &DeltaCommitter, checkpoint: &Checkpoint, source: &KafkaSource, ran: Ran) -> Result<Done, PipelineError> {
-    let Ran { planned, output, attempts, started, check, sink } = ran;
+    let Ran { planned, provenance, output, attempts, started, check, sink } = ran;
     let commit_started = Instant::now();
-    let versions = committer.commit(&output).map_err(|source| PipelineError::Commit { batch_id: planned.batch_id, source })?;
+    let versions = committer
+        .commit_with(&output, &provenance, None)
+        .map_err(|source| PipelineError::Commit { batch_id: planned.batch_id, source })?;
     let commit = commit_started.elapsed();
     crate::failpoint::hit("after-table-commits");
     let report = BatchReport {
@@ -710,17 +892,26 @@ fn commit_batch(committer: &DeltaCommitter, checkpoint: &Checkpoint, source: &Ka
         staged_rows: output.tables().into_iter().map(|t| (t.table, t.appended_rows + t.upserted_rows)).collect(),
         output_digest: output.digest,
     };
-    log_commit(checkpoint, source, &planned, report)
+    log_commit(checkpoint, source, &planned, &provenance, report)
 }
 
-/// Step 5: write `commits/N`, then tell the consumer group (advisory).
-fn log_commit(checkpoint: &Checkpoint, source: &KafkaSource, planned: &PlannedBatch, report: BatchReport) -> Result<Done, PipelineError> {
+/// Step 5: write `commits/N` (with what ran), then tell the consumer group
+/// (advisory).
+fn log_commit(
+    checkpoint: &Checkpoint,
+    source: &KafkaSource,
+    planned: &PlannedBatch,
+    provenance: &Provenance,
+    report: BatchReport,
+) -> Result<Done, PipelineError> {
     let committed = CommittedBatch {
         batch_id: report.batch_id,
         output_digest: report.output_digest.clone(),
         table_versions: report.table_versions.clone(),
         records: report.records,
         staged_rows: report.staged_rows.clone(),
+        component_digest: Some(provenance.component_digest.clone()),
+        config_digest: Some(provenance.config_digest.clone()),
     };
     checkpoint.record_committed(&committed)?;
     if let Err(e) = source.commit_advisory(&planned.ranges) {
@@ -738,6 +929,10 @@ impl<S: RecordSource> RecordSource for InSink<S> {
         crate::failpoint::hit("in-sink");
         self.0.fill(chunk)
     }
+}
+
+fn short(digest: &str) -> &str {
+    &digest[..digest.len().min(16)]
 }
 
 fn now_ms() -> i64 {

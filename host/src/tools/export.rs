@@ -10,13 +10,15 @@ use sha2::{Digest, Sha256};
 use std::path::Path;
 
 /// Export batch `n` of the pipeline to `out`. With `with_component`, the
-/// component the batch was planned with goes in too, so the bundle
-/// replays with nothing else.
+/// component whose output was committed (the planned one for a batch not
+/// committed yet) goes in too, so the bundle replays with nothing else.
 pub fn export(config: &PipelineConfig, n: u64, out: &Path, with_component: bool) -> Result<Manifest, ReplayError> {
     let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
     let planned = checkpoint.planned(n)?.ok_or(ReplayError::NotPlanned(n))?;
     let committed = checkpoint.committed(n)?;
-    let component = if with_component { Some(planned_component(config, &checkpoint, &planned.component_digest)?) } else { None };
+    // The component whose output was committed (see `commits/N`).
+    let ran = committed.as_ref().and_then(|c| c.component_digest.clone()).unwrap_or_else(|| planned.component_digest.clone());
+    let component = if with_component { Some(planned_component(config, &checkpoint, &ran)?) } else { None };
     let spec = BatchSpec {
         pipeline_id: config.pipeline.id.clone(),
         batch_id: n,
@@ -26,7 +28,7 @@ pub fn export(config: &PipelineConfig, n: u64, out: &Path, with_component: bool)
     let records = fetch_records(config, &spec, committed.as_ref())?;
     let bundle = Bundle::new(
         spec,
-        planned.component_digest,
+        ran,
         planned.config_digest,
         committed,
         config.tables.clone(),

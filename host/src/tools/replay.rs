@@ -8,9 +8,10 @@
 //!
 //! The replayed output's digest is compared with the one recorded at
 //! commit. When they differ, the rows are compared too: the committed
-//! output is rebuilt by running the component the batch was planned with
-//! (kept in the checkpoint's `components/`, or in the bundle) and trusted
-//! only if it reproduces the committed digest bit for bit.
+//! output is rebuilt by running the component whose output was committed
+//! (recorded in `commits/N`; the one the batch was planned with for older
+//! records; kept in the checkpoint's `components/`, or in the bundle) and
+//! trusted only if it reproduces the committed digest bit for bit.
 
 use crate::tools::bundle::{Bundle, BundleError};
 use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch};
@@ -269,10 +270,14 @@ fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayEr
     let planned = checkpoint.planned(n)?.ok_or(ReplayError::NotPlanned(n))?;
     let committed = checkpoint.committed(n)?;
     let mut notes = Vec::new();
-    if planned.config_digest != config.digest() {
+    let ran_config = committed.as_ref().and_then(|c| c.config_digest.as_deref()).unwrap_or(&planned.config_digest);
+    if ran_config != config.digest() {
         notes.push("the config's tables or limits changed since the batch was planned; the replay uses the current ones".into());
     }
-    let kept = checkpoint.component(&planned.component_digest);
+    // The component whose output was committed: the planned one, unless it
+    // changed before any table held the batch (then commits/N names it).
+    let ran = committed.as_ref().and_then(|c| c.component_digest.clone()).unwrap_or_else(|| planned.component_digest.clone());
+    let kept = checkpoint.component(&ran);
     let planned_component = if kept.exists() { Some(Component::read(&kept)?) } else { None };
     let spec = BatchSpec {
         pipeline_id: config.pipeline.id.clone(),
@@ -283,7 +288,7 @@ fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayEr
     let records = fetch_records(config, &spec, committed.as_ref())?;
     Ok(Recorded {
         spec,
-        planned_component_digest: planned.component_digest,
+        planned_component_digest: ran,
         committed,
         tables: config.tables.clone(),
         limits: config.limits.clone(),
