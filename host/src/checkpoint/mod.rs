@@ -28,6 +28,9 @@
 //! put-if-absent can replace the directory later.
 
 pub mod attempt_log;
+#[cfg(test)]
+mod file_fuzz;
+pub mod retention;
 
 use crate::source::records::SourceRange;
 use serde::de::DeserializeOwned;

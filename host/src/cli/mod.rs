@@ -379,7 +379,8 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         batch_records: args.batch_records,
         component,
     };
-    println!("sluice demo: {} order records for {} orders on an embedded Kafka (3 partitions)", options.records, options.orders);
+    let partitions = sluice::tools::demo::partitions_for(options.records, options.orders);
+    println!("sluice demo: {} order records for {} orders on an embedded Kafka ({partitions} partitions)", options.records, options.orders);
     let summary = match sluice::tools::demo::run(&options, |e| report_event(e, "  ")) {
         Ok(s) => s,
         Err(sluice::tools::demo::DemoError::Pipeline(e)) => return Ok(failed(&e)),
@@ -404,6 +405,10 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
 }
 
 fn exec(args: ExecArgs) -> Result<ExitCode> {
+    // It names the batch's scratch directory.
+    if let Err(e) = sluice::config::check_pipeline_id(&args.pipeline_id) {
+        bail!("--pipeline-id: {e}");
+    }
     let limits = parse_limits(&args.limits)?;
     let records = read_records(&args.records)?;
     let scratch = args.scratch_dir.unwrap_or_else(|| std::env::temp_dir().join("sluice-scratch"));

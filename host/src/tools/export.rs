@@ -14,7 +14,7 @@ use std::path::Path;
 /// replays with nothing else.
 pub fn export(config: &PipelineConfig, n: u64, out: &Path, with_component: bool) -> Result<Manifest, ReplayError> {
     let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
-    let planned = checkpoint.planned(n)?.ok_or(ReplayError::NotPlanned(n))?;
+    let planned = checkpoint.planned(n)?.ok_or_else(|| ReplayError::missing(&checkpoint, n))?;
     let committed = checkpoint.committed(n)?;
     let component = if with_component { Some(planned_component(config, &checkpoint, &planned.component_digest)?) } else { None };
     let spec = BatchSpec {
