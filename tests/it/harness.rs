@@ -240,9 +240,11 @@ columns = [{{ name = "id", type = "string" }}, {{ name = "batch_id", type = "lon
     path
 }
 
-/// `sluice <args>` as a command.
+/// `sluice <args>` as a command. `SLUICE_BIN` runs another build instead
+/// (e.g. the previous commit's, to show a test fails without a fix).
 pub fn sluice(args: &[&str]) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"));
+    let bin = std::env::var_os("SLUICE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sluice").into());
+    let mut cmd = std::process::Command::new(bin);
     cmd.args(args).env_remove("SLUICE_FAILPOINT");
     cmd
 }
