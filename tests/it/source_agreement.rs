@@ -308,6 +308,9 @@ fn retention_bounds_the_checkpoint_and_keeps_what_replay_and_reconcile_need() {
     let (code, _, stderr) = sluice_output(&["replay", cfg, "--batch", "5"]);
     assert_eq!(code, 2);
     assert!(stderr.contains("batch 5 is no longer in the checkpoint: plans before batch 17 were pruned (retention.batches)"), "{stderr}");
+    let (code, _, stderr) = sluice_output(&["batch", "show", "5", "-c", cfg]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("batch 5 is no longer in the checkpoint: plans before batch 17 were pruned (retention.batches)"), "{stderr}");
     let (code, stdout, stderr) = sluice_output(&["reconcile", cfg, "--last", "3", "--json"]);
     assert_eq!(code, 0, "the kept batches reconcile: {stdout}{stderr}");
     let (code, stdout, _) = sluice_output(&["reconcile", cfg, "--json"]);

@@ -328,6 +328,10 @@ fn print_report(report: &(impl serde::Serialize + std::fmt::Display), json: bool
 fn batch_show(args: BatchShowArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
     let Some(info) = sluice::tools::batch_show::show(&config, args.batch)? else {
+        let first_kept = sluice::checkpoint::retention::first_retained_plan(&config.pipeline.checkpoint).ok().flatten();
+        if let Some(first_kept) = first_kept.filter(|&f| args.batch < f) {
+            bail!("batch {} is no longer in the checkpoint: plans before batch {first_kept} were pruned (retention.batches)", args.batch);
+        }
         bail!("batch {} is not in the checkpoint's offset log: it was never planned", args.batch);
     };
     print_report(&info, args.json)?;

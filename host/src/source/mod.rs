@@ -256,16 +256,15 @@ impl KafkaSource {
 
     /// Look the topics' partitions up again, adding any new ones (partitions
     /// added to a topic while the pipeline runs), in plan order: topics in
-    /// config order, partitions by id. One metadata request per topic.
-    fn refresh_partitions(&self) -> Result<Vec<Partition>, KafkaSourceError> {
+    /// config order, partitions by id. One metadata request per topic. Best
+    /// effort: a topic whose metadata cannot be had now keeps the partitions
+    /// known, and the watermark requests that follow say what is wrong.
+    fn refresh_partitions(&self) -> Vec<Partition> {
         let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
         let mut known = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
         let mut grown = false;
         for topic in &self.config.topics {
-            let metadata = self
-                .watermarks
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(|e| KafkaSourceError::Request(format!("metadata of topic `{topic}`: {e}")))?;
+            let Ok(metadata) = self.watermarks.fetch_metadata(Some(topic), timeout) else { continue };
             for id in topic_partitions(&metadata, topic).unwrap_or_default() {
                 if !known.iter().any(|(t, p)| t == topic && *p == id) {
                     known.push((topic.clone(), id));
@@ -277,7 +276,7 @@ impl KafkaSource {
             let order = |t: &String| self.config.topics.iter().position(|c| c == t);
             known.sort_by(|a, b| (order(&a.0), a.1).cmp(&(order(&b.0), b.1)));
         }
-        Ok(known.clone())
+        known.clone()
     }
 
     /// Whether a plan from `previous_ends` fixes where partitions start in
@@ -306,7 +305,7 @@ impl KafkaSource {
         max_records: u64,
         until: Option<&BTreeMap<(String, i32), i64>>,
     ) -> Result<Vec<SourceRange>, KafkaSourceError> {
-        let partitions = self.refresh_partitions()?;
+        let partitions = self.refresh_partitions();
         let mut spans = Vec::with_capacity(partitions.len());
         let mut highs = BTreeMap::new();
         let all = self.all_watermarks(&partitions)?;
@@ -381,7 +380,7 @@ impl KafkaSource {
 
     /// The high watermark of every partition.
     pub fn high_watermarks(&self) -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
-        let partitions = self.refresh_partitions()?;
+        let partitions = self.refresh_partitions();
         Ok(self.all_watermarks(&partitions)?.into_iter().map(|(k, (_, high))| (k, high)).collect())
     }
 
