@@ -7,6 +7,7 @@
 //! resolved against the directory of the config file, not the working
 //! directory, so `sluice run` behaves the same from anywhere.
 
+use crate::checkpoint::retention::RetentionConfig;
 use crate::commit::TableConfig;
 use crate::limits::Limits;
 use crate::source::SourceConfig;
@@ -28,6 +29,9 @@ pub struct PipelineConfig {
     /// The `[limits]` of every batch (all optional).
     #[serde(default)]
     pub limits: Limits,
+    /// How much checkpoint history is kept (all optional).
+    #[serde(default)]
+    pub retention: RetentionConfig,
 }
 
 /// How the pipeline decides when to plan the next batch.
@@ -121,6 +125,8 @@ impl PipelineConfig {
         let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
         let mut config = Self::parse(&text).map_err(|e| e.in_file(path))?;
         config.resolve_paths(base);
+        // Relative and absolute paths can name one directory only once resolved.
+        config.check_table_paths().map_err(|(key, message)| ConfigError::Invalid { path: path.to_owned(), key, line: None, message })?;
         Ok(config)
     }
 
@@ -149,9 +155,7 @@ impl PipelineConfig {
     /// Rules serde cannot express.
     fn check(&self) -> Result<(), (String, String)> {
         let p = &self.pipeline;
-        if p.id.is_empty() || !p.id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
-            return Err(("pipeline.id".into(), format!("`{}` must be non-empty ASCII letters, digits, `-`, `_` or `.`", p.id)));
-        }
+        check_pipeline_id(&p.id).map_err(|message| ("pipeline.id".to_owned(), message))?;
         if p.max_attempts == 0 {
             return Err(("pipeline.max_attempts".into(), "must be at least 1".into()));
         }
@@ -184,6 +188,43 @@ impl PipelineConfig {
             }
             if let Some(k) = t.keys.iter().find(|k| !columns.contains(k)) {
                 return Err((format!("tables[{i}].keys"), format!("key `{k}` is not a column of table `{}`", t.name)));
+            }
+        }
+        if self.retention.batches == 0 {
+            return Err(("retention.batches".into(), "must be at least 1: a restart continues from the last committed batch's plan".into()));
+        }
+        self.check_table_paths()
+    }
+
+    /// Every table has a directory of its own: two tables at one path would
+    /// share one Delta log (the second finds the batch already committed and
+    /// silently gets no rows), and a table inside another's directory is
+    /// part of that table's files (a vacuum of the outer one deletes it).
+    /// Compared as written, `.` and `..` resolved, symlinks not followed.
+    fn check_table_paths(&self) -> Result<(), (String, String)> {
+        let paths: Vec<PathBuf> = self.tables.iter().map(|t| normalize(&t.path)).collect();
+        for (i, a) in paths.iter().enumerate() {
+            for (j, b) in paths.iter().enumerate().filter(|(j, _)| *j < i) {
+                let (ti, tj) = (&self.tables[i], &self.tables[j]);
+                let relation = if a == b {
+                    "the same path as"
+                } else if a.starts_with(b) {
+                    "a path inside that of"
+                } else if b.starts_with(a) {
+                    "a path containing that of"
+                } else {
+                    continue;
+                };
+                return Err((
+                    format!("tables[{i}].path"),
+                    format!(
+                        "table `{}` ({}) has {relation} `tables[{j}].path`, table `{}` ({}); give each table a directory of its own",
+                        ti.name,
+                        ti.path.display(),
+                        tj.name,
+                        tj.path.display()
+                    ),
+                ));
             }
         }
         Ok(())
@@ -268,6 +309,40 @@ impl PipelineConfig {
 /// read.
 pub const READ_AFFECTING_PROPERTIES: &[(&str, &str)] = &[("isolation.level", "read_committed")];
 
+/// The longest pipeline id: it names scratch directories and Delta `txn`s.
+pub const MAX_PIPELINE_ID_LEN: usize = 200;
+
+/// Whether `id` can be a pipeline id: it seeds the sink's random numbers,
+/// is the Delta `txn` app id, and becomes part of file names (scratch
+/// directories), so it must be a plain, non-hidden file name wherever it
+/// comes from (the config, a bundle, `sluice exec --pipeline-id`).
+pub fn check_pipeline_id(id: &str) -> Result<(), String> {
+    let shown: String = id.chars().take(64).collect::<String>().escape_debug().to_string();
+    if id.is_empty() || id.len() > MAX_PIPELINE_ID_LEN {
+        return Err(format!("`{shown}` must be 1 to {MAX_PIPELINE_ID_LEN} characters"));
+    }
+    if !id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) || id.starts_with('.') {
+        return Err(format!("`{shown}` must be ASCII letters, digits, `-`, `_` or `.`, and not start with `.`"));
+    }
+    Ok(())
+}
+
+/// `path` with `.` dropped and `..` applied, without touching the disk.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out: Vec<Component<'_>> = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
+            c => out.push(c),
+        }
+    }
+    out.iter().collect()
+}
+
 /// `config FILE line N`, leaving out what is unknown.
 fn location(path: &Path, line: Option<usize>) -> String {
     let mut at = "config".to_owned();
@@ -349,6 +424,42 @@ fuel = 1000
     }
 
     #[test]
+    fn two_tables_in_one_directory_are_refused_naming_both() {
+        let second = "\n[[tables]]\nname = \"audit\"\npath = \"PATH\"\ncolumns = [{ name = \"id\", type = \"string\" }]\n";
+        let with = |path: &str| GOOD.replace("[limits]", &format!("{}\n[limits]", second.replace("PATH", path)));
+        let e = error(&with("state/./orders/"));
+        assert!(
+            e.contains("`tables[1].path`: table `audit` (state/./orders/) has the same path as `tables[0].path`, table `orders` (state/orders)"),
+            "{e}"
+        );
+        let e = error(&with("state/x/../orders/audit"));
+        assert!(e.contains("has a path inside that of `tables[0].path`"), "{e}");
+        let e = error(&with("state"));
+        assert!(e.contains("has a path containing that of `tables[0].path`"), "{e}");
+        assert!(PipelineConfig::parse(&with("state/orders-audit")).is_ok(), "a common prefix is not nesting");
+        // The same directory, once written relative and once absolute.
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.toml");
+        std::fs::write(&file, with(&dir.path().join("state/orders").display().to_string())).unwrap();
+        let e = PipelineConfig::load(&file).unwrap_err().to_string();
+        assert!(e.contains("`tables[1].path`") && e.contains("has the same path as `tables[0].path`"), "{e}");
+    }
+
+    #[test]
+    fn pipeline_ids_are_plain_file_names() {
+        for bad in ["", "..", ".", ".hidden", "../x", "a/b", "a\\b", "é", "a b"] {
+            let e = error(&GOOD.replace("id = \"orders\"", &format!("id = {bad:?}")));
+            assert!(e.contains("`pipeline.id`"), "{bad:?}: {e}");
+        }
+        assert!(check_pipeline_id(&"x".repeat(MAX_PIPELINE_ID_LEN + 1)).is_err());
+        for good in ["orders", "a.b-c_d", "v1.2"] {
+            assert!(check_pipeline_id(good).is_ok(), "{good}");
+        }
+        let e = error(&GOOD.replace("[limits]", "[retention]\nbatches = 0\n[limits]"));
+        assert!(e.contains("`retention.batches`: must be at least 1"), "{e}");
+    }
+
+    #[test]
     fn the_example_config_is_valid() {
         let path = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/orders-upsert/pipeline.toml"));
         let c = PipelineConfig::load(path).unwrap();
@@ -382,5 +493,84 @@ fuel = 1000
         assert_ne!(digest(&with("\"isolation.level\" = \"read_uncommitted\"")), base, "which records are read");
         assert_eq!(digest(&with("\"isolation.level\" = \"read_committed\"")), base, "the default, spelled out");
         assert_eq!(digest(&with("\"client.id\" = \"x\"")), base, "a property that reads the same records");
+    }
+
+    mod fuzz {
+        //! Property tests of the config parser: arbitrary text and edits of
+        //! a valid config never panic, and every refusal names a key (or
+        //! `(file)` for syntax) and what is wrong. `PROPTEST_CASES` sets the
+        //! cases per property (default 256).
+        use super::*;
+        use proptest::prelude::*;
+
+        fn refused_by_name(text: &str) -> Result<(), TestCaseError> {
+            if let Err(e) = PipelineConfig::parse(text) {
+                let ConfigError::Invalid { key, message, .. } = &e else { return Err(TestCaseError::fail(format!("{e}"))) };
+                prop_assert!(!key.is_empty() && !message.is_empty(), "{e}");
+                prop_assert!(e.to_string().contains(&format!("`{key}`")), "{e}");
+            }
+            Ok(())
+        }
+
+        /// Lines a config might have, right or wrong.
+        fn line() -> impl Strategy<Value = String> {
+            prop_oneof![
+                Just("[pipeline]".to_owned()),
+                Just("[source]".to_owned()),
+                Just("[[tables]]".to_owned()),
+                Just("[limits]".to_owned()),
+                Just("[retention]".to_owned()),
+                "[a-z_]{1,20} = -?[0-9]{1,25}",
+                "[a-z_]{1,20} = \"[^\"\\\\]{0,20}\"",
+                "(fuel|memory_bytes|chunk_records|batches|max_records_per_batch|id|path|keys) = (-1|0|1e400|18446744073709551616|\"\"|\\[\\]|\\{\\})",
+                ".{0,40}",
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn arbitrary_text(text in ".{0,400}") {
+                refused_by_name(&text)?;
+            }
+
+            #[test]
+            fn arbitrary_lines(lines in proptest::collection::vec(line(), 0..30)) {
+                refused_by_name(&lines.join("\n"))?;
+            }
+
+            /// A valid config with lines replaced, removed, duplicated or cut.
+            #[test]
+            fn edits_of_a_valid_config(
+                edits in proptest::collection::vec((any::<prop::sample::Index>(), 0..4u8, line()), 1..6),
+                cut in any::<prop::sample::Index>(),
+            ) {
+                let mut lines: Vec<String> = GOOD.lines().map(str::to_owned).collect();
+                for (at, kind, new) in edits {
+                    let i = at.index(lines.len());
+                    match kind {
+                        0 => lines[i] = new,
+                        1 => { lines.remove(i); }
+                        2 => lines.insert(i, lines[i].clone()),
+                        _ => lines.insert(i, new),
+                    }
+                    if lines.is_empty() {
+                        lines.push(String::new());
+                    }
+                }
+                let text = lines.join("\n");
+                refused_by_name(&text)?;
+                let end = (0..=cut.index(text.len() + 1).min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+                refused_by_name(&text[..end])?;
+            }
+        }
+
+        #[test]
+        fn deep_nesting_is_a_syntax_error_not_a_stack_overflow() {
+            for open in ["[", "{ a = "] {
+                let text = format!("x = {}", open.repeat(100_000));
+                let e = PipelineConfig::parse(&text).unwrap_err().to_string();
+                assert!(e.contains("`(file)`"), "{e}");
+            }
+        }
     }
 }

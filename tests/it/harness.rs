@@ -240,9 +240,10 @@ columns = [{{ name = "id", type = "string" }}, {{ name = "batch_id", type = "lon
     path
 }
 
-/// `sluice <args>` as a command. `SLUICE_BIN` names another binary to test
-/// (checkouts sharing one target directory overwrite each other's
-/// `target/release/sluice`).
+/// `sluice <args>` as a command. `SLUICE_BIN` runs another build instead:
+/// the previous commit's, to show a test fails without a fix, or one copied
+/// out of a target directory that several checkouts share (each build
+/// overwrites `target/release/sluice`).
 pub fn sluice(args: &[&str]) -> std::process::Command {
     let bin = std::env::var_os("SLUICE_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_sluice").into());
     let mut cmd = std::process::Command::new(bin);

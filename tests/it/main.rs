@@ -19,4 +19,5 @@ mod kafka_source;
 mod no_ambient_authority;
 mod pipeline_run;
 mod seed_incident;
+mod source_agreement;
 mod staging;

@@ -11,8 +11,8 @@
 //! the pipeline.
 //!
 //! Bounds: the last [`MAX_LOG_LINES`] log lines of an attempt, each cut to
-//! [`MAX_LINE_BYTES`], and the attempts of at least the last [`KEEP_BATCHES`]
-//! batches.
+//! [`MAX_LINE_BYTES`], and the attempts of at least the last
+//! `retention.attempt_batches` batches (see `retention`).
 
 use crate::sandbox::batch_log::LogLine;
 use serde::{Deserialize, Serialize};
@@ -24,8 +24,6 @@ use std::path::{Path, PathBuf};
 pub const MAX_LOG_LINES: usize = 200;
 /// Bytes kept of one log line's message.
 pub const MAX_LINE_BYTES: usize = 2048;
-/// Batches whose attempts are kept.
-pub const KEEP_BATCHES: u64 = 1000;
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -128,8 +126,8 @@ fn file_of(checkpoint: &Path, batch_id: u64) -> PathBuf {
 }
 
 /// Record `attempt` by appending a line (a later line for the same attempt
-/// supersedes an earlier one), and forget batches older than the bound.
-/// One append per record keeps this off the batch's critical path.
+/// supersedes an earlier one). One append per record keeps this off the
+/// batch's critical path; old files are removed by `retention`.
 pub fn write(checkpoint: &Path, attempt: &AttemptRecord) -> io::Result<()> {
     let path = file_of(checkpoint, attempt.batch_id);
     let mut line = serde_json::to_vec(attempt).expect("attempt records serialise");
@@ -142,15 +140,7 @@ pub fn write(checkpoint: &Path, attempt: &AttemptRecord) -> io::Result<()> {
         }
         other => other?,
     };
-    let new_file = file.metadata()?.len() == 0;
     file.write_all(&line)?;
-    // Starting a new file: the oldest one falls out of the bound.
-    if new_file && let Some(old) = attempt.batch_id.checked_sub(KEEP_BATCHES + BATCHES_PER_FILE) {
-        match std::fs::remove_file(file_of(checkpoint, old)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
-        }
-    }
     Ok(())
 }
 
@@ -202,17 +192,6 @@ mod tests {
         assert_eq!((a.outcome, a.log.len(), a.log_lines_dropped), (Outcome::Failed, MAX_LOG_LINES, 50));
         assert_eq!(a.log[0].message, "line 50");
         assert_eq!(b.log[0].message.len(), MAX_LINE_BYTES + '…'.len_utf8());
-    }
-
-    #[test]
-    fn old_batches_are_forgotten_a_file_at_a_time() {
-        let dir = tempfile::tempdir().unwrap();
-        write(dir.path(), &AttemptRecord::started(5, 1, 0)).unwrap();
-        write(dir.path(), &AttemptRecord::started(KEEP_BATCHES + 5, 1, 0)).unwrap();
-        assert_eq!(read(dir.path(), 5).len(), 1);
-        write(dir.path(), &AttemptRecord::started(KEEP_BATCHES + BATCHES_PER_FILE, 1, 0)).unwrap();
-        assert!(read(dir.path(), 5).is_empty());
-        assert_eq!(read(dir.path(), KEEP_BATCHES + 5).len(), 1, "the last KEEP_BATCHES stay");
     }
 
     #[test]

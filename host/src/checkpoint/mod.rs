@@ -28,7 +28,10 @@
 //! put-if-absent can replace the directory later.
 
 pub mod attempt_log;
+#[cfg(test)]
+mod file_fuzz;
 pub mod rebuild;
+pub mod retention;
 
 use crate::source::records::SourceRange;
 use serde::de::DeserializeOwned;

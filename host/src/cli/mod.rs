@@ -363,6 +363,10 @@ fn print_report(report: &(impl serde::Serialize + std::fmt::Display), json: bool
 fn batch_show(args: BatchShowArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
     let Some(info) = sluice::tools::batch_show::show(&config, args.batch)? else {
+        let first_kept = sluice::checkpoint::retention::first_retained_plan(&config.pipeline.checkpoint).ok().flatten();
+        if let Some(first_kept) = first_kept.filter(|&f| args.batch < f) {
+            bail!("batch {} is no longer in the checkpoint: plans before batch {first_kept} were pruned (retention.batches)", args.batch);
+        }
         bail!("batch {} is not in the checkpoint's offset log: it was never planned", args.batch);
     };
     print_report(&info, args.json)?;
@@ -431,7 +435,8 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
         batch_records: args.batch_records,
         component,
     };
-    println!("sluice demo: {} order records for {} orders on an embedded Kafka (3 partitions)", options.records, options.orders);
+    let partitions = sluice::tools::demo::partitions_for(options.records, options.orders);
+    println!("sluice demo: {} order records for {} orders on an embedded Kafka ({partitions} partitions)", options.records, options.orders);
     let summary = match sluice::tools::demo::run(&options, |e| report_event(e, "  ")) {
         Ok(s) => s,
         Err(sluice::tools::demo::DemoError::Pipeline(e)) => return Ok(failed(&e)),
@@ -456,6 +461,10 @@ fn demo(args: DemoArgs) -> Result<ExitCode> {
 }
 
 fn exec(args: ExecArgs) -> Result<ExitCode> {
+    // It names the batch's scratch directory.
+    if let Err(e) = sluice::config::check_pipeline_id(&args.pipeline_id) {
+        bail!("--pipeline-id: {e}");
+    }
     let limits = parse_limits(&args.limits)?;
     let records = read_records(&args.records)?;
     let scratch = args.scratch_dir.unwrap_or_else(|| std::env::temp_dir().join("sluice-scratch"));

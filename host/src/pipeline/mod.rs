@@ -322,6 +322,9 @@ impl Pipeline {
             .load(&config.pipeline.component)
             .map_err(|source| PipelineError::Load { path: config.pipeline.component.clone(), source })?;
         checkpoint.keep_component(sink.digest(), &config.pipeline.component)?;
+        if let Err(e) = config.retention.sweep(&checkpoint, sink.digest()) {
+            eprintln!("sluice: warning: checkpoint retention: {e}");
+        }
 
         let commit_err = |source| PipelineError::Commit { batch_id: next, source };
         let existing = resume.last_committed.iter().flat_map(|c| c.table_versions.keys().cloned());
@@ -528,7 +531,9 @@ impl Pipeline {
         let budget = self.record_budget();
         let plan = |s: &Self| s.source.plan_up_to(&s.planned_ends, budget, until);
         let Some(ranges) = self.with_retries(on_event, plan)? else { return Ok(Err(Next::Stopped)) };
-        if ranges.iter().all(|r| r.end == r.start) {
+        // An empty plan is not recorded, unless it fixes where partitions
+        // start (`starting_offsets = "latest"`): later plans start there.
+        if ranges.iter().all(|r| r.end == r.start) && !self.source.plan_fixes_start(&self.planned_ends) {
             return Ok(Err(if until.is_some() { Next::CaughtUp } else { Next::Idle }));
         }
         let planned = PlannedBatch {
@@ -728,6 +733,9 @@ impl Pipeline {
             self.metrics.batches_skipped += 1;
         }
         self.ends.extend(ends);
+        if let Err(e) = self.config.retention.after_commit(&self.checkpoint, committed.batch_id) {
+            eprintln!("sluice: warning: checkpoint retention: {e}");
+        }
         self.last_committed = Some(committed);
         self.update_metrics(&report);
         summary.batches += 1;

@@ -10,9 +10,20 @@
 //!   read past a range's end is kept for the next batch; gaps from
 //!   compaction or transaction markers are passed over using the consumer
 //!   position).
-//! - A planned start that retention already deleted is an error naming the
-//!   partition and the lost offsets, unless `on_data_loss = skip`. It is never
-//!   skipped silently.
+//! - Where a partition starts is decided once and then follows from the
+//!   checkpoint: at the pipeline's first plan, `starting_offsets` picks the
+//!   oldest retained record or the high watermark; a partition that appears
+//!   later (added to the topic) starts at its oldest retained record. Every
+//!   later plan starts where the previous one ended. The topics' partitions
+//!   are looked up again at every plan.
+//! - A position the topic no longer agrees with is an error naming the
+//!   partition and the offsets, unless `on_data_loss = skip`: offsets
+//!   deleted by retention (the position is below the low watermark, at plan
+//!   time or when a fetch finds its first record past the planned start),
+//!   or offsets that went backwards (the position is past the high
+//!   watermark: the topic was recreated or truncated). It is never skipped
+//!   silently; with `skip`, the plan continues from the oldest retained
+//!   record and a warning names what was skipped.
 //!
 //! ```text
 //!  plan(previous ends) ─► watermarks per partition ─► ranges (≤ max_records in all)
@@ -38,6 +49,10 @@ use std::time::{Duration, Instant};
 /// A topic partition.
 type Partition = (String, i32);
 
+/// Times a high watermark below the checkpoint's position is asked again,
+/// 200 ms apart, before it counts as offsets gone backwards.
+const BACKWARDS_CONFIRMATIONS: u32 = 5;
+
 /// Where a partition without a checkpointed position starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -49,14 +64,16 @@ pub enum StartingOffsets {
     Latest,
 }
 
-/// What to do when retention deleted records a plan needs.
+/// What to do when the topic no longer holds the records where the
+/// checkpoint stands: deleted by retention, or a recreated topic whose
+/// offsets went backwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum OnDataLoss {
-    /// Stop with an error naming the lost range.
+    /// Stop with an error naming the partition and the offsets.
     #[default]
     Fail,
-    /// Continue from the oldest retained record.
+    /// Continue from the partition's oldest retained record, with a warning.
     Skip,
 }
 
@@ -128,6 +145,27 @@ pub enum KafkaSourceError {
         /// The oldest retained offset.
         low_watermark: i64,
     },
+    /// The checkpoint's position is past the end of the partition: its
+    /// offsets went backwards (the topic was recreated or truncated).
+    #[error(
+        "kafka: {topic}/{partition}: the checkpoint's position {position} is past the end of the partition, which \
+         now holds offsets {low}..{high}: the topic was recreated or truncated, so its offsets went backwards. \
+         Continuing at {position} would skip the new records below it. Restore the topic, or set \
+         source.on_data_loss = \"skip\" to read the partition again from offset {low} and accept that the old \
+         log's records from {position} on are lost"
+    )]
+    OffsetsWentBackwards {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// Where the checkpoint says the partition continues.
+        position: i64,
+        /// The oldest retained offset.
+        low: i64,
+        /// The high watermark.
+        high: i64,
+    },
     /// A broker request failed.
     #[error("kafka: {0}")]
     Request(String),
@@ -150,7 +188,10 @@ pub struct KafkaSource {
     /// Fetch (up to `fetch.wait.max.ms`), which made planning a batch cost
     /// 100 ms or more while partitions were being prefetched.
     watermarks: BaseConsumer,
-    partitions: Vec<(String, i32)>,
+    /// The topics' partitions, in plan order: looked up at every plan, and
+    /// only ever added to (a partition briefly missing from an answer, say
+    /// while a leader moves, is still read).
+    partitions: Mutex<Vec<Partition>>,
     /// High watermarks seen by the last plan (for lag, at no extra cost).
     last_highs: Mutex<BTreeMap<(String, i32), i64>>,
     /// The partitions fetched so far: their queues and positions.
@@ -192,13 +233,8 @@ impl KafkaSource {
             let metadata = consumer
                 .fetch_metadata(Some(topic), timeout)
                 .map_err(|e| connect_err(format!("cannot fetch metadata of topic `{topic}`: {e}")))?;
-            let t = metadata.topics().iter().find(|t| t.name() == topic);
-            match t {
-                Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
-                    let mut ids: Vec<i32> = t.partitions().iter().map(|p| p.id()).collect();
-                    ids.sort_unstable();
-                    partitions.extend(ids.into_iter().map(|p| (topic.clone(), p)));
-                }
+            match topic_partitions(&metadata, topic) {
+                Some(ids) if !ids.is_empty() => partitions.extend(ids.into_iter().map(|p| (topic.clone(), p))),
                 _ => return Err(KafkaSourceError::NoSuchTopic(topic.clone())),
             }
         }
@@ -206,15 +242,51 @@ impl KafkaSource {
             config,
             consumer: Arc::new(consumer),
             watermarks,
-            partitions,
+            partitions: Mutex::new(partitions),
             last_highs: Default::default(),
             cursors: Default::default(),
         })
     }
 
-    /// Every (topic, partition) the source reads, in plan order.
-    pub fn partitions(&self) -> &[(String, i32)] {
-        &self.partitions
+    /// Every (topic, partition) the source reads, in plan order (as of the
+    /// last plan).
+    pub fn partitions(&self) -> Vec<Partition> {
+        self.partitions.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Look the topics' partitions up again, adding any new ones (partitions
+    /// added to a topic while the pipeline runs), in plan order: topics in
+    /// config order, partitions by id. One metadata request per topic. Best
+    /// effort: a topic whose metadata cannot be had now keeps the partitions
+    /// known, and the watermark requests that follow say what is wrong.
+    fn refresh_partitions(&self) -> Vec<Partition> {
+        let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
+        let mut known = self.partitions.lock().unwrap_or_else(|e| e.into_inner());
+        let mut grown = false;
+        for topic in &self.config.topics {
+            let Ok(metadata) = self.watermarks.fetch_metadata(Some(topic), timeout) else { continue };
+            for id in topic_partitions(&metadata, topic).unwrap_or_default() {
+                if !known.iter().any(|(t, p)| t == topic && *p == id) {
+                    known.push((topic.clone(), id));
+                    grown = true;
+                }
+            }
+        }
+        if grown {
+            let order = |t: &String| self.config.topics.iter().position(|c| c == t);
+            known.sort_by(|a, b| (order(&a.0), a.1).cmp(&(order(&b.0), b.1)));
+        }
+        known.clone()
+    }
+
+    /// Whether a plan from `previous_ends` fixes where partitions start in
+    /// a way a later plan could not repeat, so it must be recorded even when
+    /// it holds no records: the first plan of a pipeline starting at
+    /// `latest`, since the high watermark moves on. (A start at the oldest
+    /// retained record is the same for any later plan that finds nothing
+    /// was deleted meanwhile.)
+    pub fn plan_fixes_start(&self, previous_ends: &BTreeMap<Partition, i64>) -> bool {
+        self.config.starting_offsets == StartingOffsets::Latest && previous_ends.is_empty()
     }
 
     /// Plan the next batch: for each partition, a range from where the
@@ -233,29 +305,21 @@ impl KafkaSource {
         max_records: u64,
         until: Option<&BTreeMap<(String, i32), i64>>,
     ) -> Result<Vec<SourceRange>, KafkaSourceError> {
-        let mut spans = Vec::with_capacity(self.partitions.len());
+        let partitions = self.refresh_partitions();
+        let mut spans = Vec::with_capacity(partitions.len());
         let mut highs = BTreeMap::new();
-        let all = self.all_watermarks()?;
-        for (topic, partition) in &self.partitions {
+        let all = self.all_watermarks(&partitions)?;
+        // `starting_offsets` is for the pipeline's first plan only; a
+        // partition without a position after that is new and starts at its
+        // oldest record, so none of its records is skipped.
+        let first_plan = previous_ends.is_empty();
+        for (topic, partition) in &partitions {
             let (low, high) = all[&(topic.clone(), *partition)];
             highs.insert((topic.clone(), *partition), high);
             let start = match previous_ends.get(&(topic.clone(), *partition)) {
-                Some(&end) => end,
-                None if self.config.starting_offsets == StartingOffsets::Latest => high,
+                Some(&end) => self.continue_at(topic, *partition, end, low, high)?,
+                None if first_plan && self.config.starting_offsets == StartingOffsets::Latest => high,
                 None => low,
-            };
-            let start = if start < low {
-                if self.config.on_data_loss == OnDataLoss::Fail {
-                    return Err(KafkaSourceError::RetentionGap {
-                        topic: topic.clone(),
-                        partition: *partition,
-                        start,
-                        low_watermark: low,
-                    });
-                }
-                low
-            } else {
-                start
             };
             let high = until.map_or(high, |u| u.get(&(topic.clone(), *partition)).map_or(start, |&u| high.min(u)));
             spans.push((topic.clone(), *partition, start, high.max(start)));
@@ -270,19 +334,64 @@ impl KafkaSource {
             .collect())
     }
 
-    /// The high watermark of every partition.
-    pub fn high_watermarks(&self) -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
-        Ok(self.all_watermarks()?.into_iter().map(|(k, (_, high))| (k, high)).collect())
+    /// Where a partition continues after a batch that ended at `end`,
+    /// given its watermarks now: at `end` if the topic still agrees, else
+    /// per `on_data_loss` (an error, or the oldest retained record).
+    fn continue_at(&self, topic: &str, partition: i32, end: i64, low: i64, high: i64) -> Result<i64, KafkaSourceError> {
+        let disagreement = if end < low {
+            KafkaSourceError::RetentionGap { topic: topic.to_owned(), partition, start: end, low_watermark: low }
+        } else if end > high {
+            match self.confirm_backwards(topic, partition, end)? {
+                Some((low, high)) => KafkaSourceError::OffsetsWentBackwards { topic: topic.to_owned(), partition, position: end, low, high },
+                None => return Ok(end),
+            }
+        } else {
+            return Ok(end);
+        };
+        match self.config.on_data_loss {
+            OnDataLoss::Fail => Err(disagreement),
+            OnDataLoss::Skip => {
+                eprintln!("sluice: warning: {topic}/{partition}: continuing from offset {low} (source.on_data_loss = \"skip\"): {disagreement}");
+                Ok(low)
+            }
+        }
     }
 
-    /// The (low, high) watermarks of every partition, in two ListOffsets
+    /// A high watermark below where the last batch ended can be a moment's
+    /// lag (a new partition leader whose high watermark has not caught up
+    /// yet) rather than a recreated topic: ask again a few times over about
+    /// a second, and return the watermarks only if it stays below.
+    fn confirm_backwards(&self, topic: &str, partition: i32, end: i64) -> Result<Option<(i64, i64)>, KafkaSourceError> {
+        let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
+        let mut last = None;
+        for _ in 0..BACKWARDS_CONFIRMATIONS {
+            std::thread::sleep(Duration::from_millis(200));
+            let (low, high) = self
+                .watermarks
+                .fetch_watermarks(topic, partition, timeout)
+                .map_err(|e| KafkaSourceError::Request(format!("watermarks of {topic}/{partition}: {e}")))?;
+            if high >= end {
+                return Ok(None);
+            }
+            last = Some((low, high));
+        }
+        Ok(last)
+    }
+
+    /// The high watermark of every partition.
+    pub fn high_watermarks(&self) -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
+        let partitions = self.refresh_partitions();
+        Ok(self.all_watermarks(&partitions)?.into_iter().map(|(k, (_, high))| (k, high)).collect())
+    }
+
+    /// The (low, high) watermarks of `partitions`, in two ListOffsets
     /// requests per broker rather than two per partition: with many
     /// partitions, asking one by one dominated the cost of planning a batch.
-    fn all_watermarks(&self) -> Result<BTreeMap<Partition, (i64, i64)>, KafkaSourceError> {
+    fn all_watermarks(&self, partitions: &[Partition]) -> Result<BTreeMap<Partition, (i64, i64)>, KafkaSourceError> {
         let timeout = Duration::from_millis(self.config.fetch_timeout_ms);
         let ask = |which: Offset, what: &str| -> Result<BTreeMap<(String, i32), i64>, KafkaSourceError> {
             let mut tpl = TopicPartitionList::new();
-            for (t, p) in &self.partitions {
+            for (t, p) in partitions {
                 tpl.add_partition_offset(t, *p, which).map_err(|e| KafkaSourceError::Request(e.to_string()))?;
             }
             let answer = self
@@ -310,7 +419,7 @@ impl KafkaSource {
         };
         let lows = ask(Offset::Beginning, "low")?;
         let highs = ask(Offset::End, "high")?;
-        self.partitions
+        partitions
             .iter()
             .map(|k| {
                 let missing = || KafkaSourceError::Request(format!("no watermarks for {}/{}", k.0, k.1));
@@ -377,7 +486,7 @@ impl KafkaSource {
                     add.add_partition_offset(&r.topic, r.partition, Offset::Offset(r.start)).map_err(request("plan"))?;
                 }
             }
-            order.push_back(Planned { key, end: r.end });
+            order.push_back(Planned { key, start: r.start, end: r.end });
         }
         if add.count() > 0 {
             self.consumer.incremental_assign(&add).map_err(request("assign"))?;
@@ -403,8 +512,20 @@ impl KafkaSource {
             cursors: self.cursors.clone(),
             order,
             timeout: Duration::from_millis(self.config.fetch_timeout_ms),
+            on_data_loss: self.config.on_data_loss,
         })
     }
+}
+
+/// The partition ids of `topic` in a metadata answer, sorted; `None` if the
+/// answer has no usable entry for it. Partitions the broker reports with an
+/// error or without a leader (right after they were added) cannot be read
+/// yet: they are left for a later look.
+fn topic_partitions(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Option<Vec<i32>> {
+    let t = metadata.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none())?;
+    let mut ids: Vec<i32> = t.partitions().iter().filter(|p| p.error().is_none() && p.leader() >= 0).map(|p| p.id()).collect();
+    ids.sort_unstable();
+    Some(ids)
 }
 
 /// Record that the partitions of `tpl` now deliver from their offsets.
@@ -468,10 +589,11 @@ fn share_fairly(available: &[u64], budget: u64) -> Vec<u64> {
     takes
 }
 
-/// A planned range in a fetch: its partition and end.
+/// A planned range in a fetch: its partition, start and end.
 #[derive(Debug)]
 struct Planned {
     key: Partition,
+    start: i64,
     end: i64,
 }
 
@@ -482,6 +604,7 @@ pub struct KafkaFetch {
     /// Ranges not yet delivered in full, in plan order.
     order: VecDeque<Planned>,
     timeout: Duration,
+    on_data_loss: OnDataLoss,
 }
 
 /// What the front partition's queue gave.
@@ -502,7 +625,14 @@ impl KafkaFetch {
         if next >= planned.end {
             return Ok(Step::Complete);
         }
+        // The first record of the range: offsets skipped before it must be
+        // ones the broker still holds (transaction markers, aborted or
+        // compacted records), not ones deleted since the plan.
+        let first = next == planned.start;
         if let Some(carried) = &cursor.carried {
+            if first && carried.offset > next {
+                self.check_gap(planned, carried.offset)?;
+            }
             if carried.offset >= planned.end {
                 return Ok(Step::Complete); // nothing in this range but gaps
             }
@@ -513,6 +643,14 @@ impl KafkaFetch {
         }
         let message = match cursor.queue.poll(Duration::from_millis(100)) {
             None => return Ok(Step::Waiting),
+            Some(Err(rdkafka::error::KafkaError::MessageConsumption(rdkafka::types::RDKafkaErrorCode::OffsetOutOfRange))) => {
+                return Err(SourceError::Failed(format!(
+                    "kafka: {topic}/{partition}: offset {next} of the planned range {}..{} is no longer in the topic \
+                     (fetch: offset out of range): retention deleted it, or the topic was recreated, after the batch \
+                     was planned; the batch cannot be read as planned",
+                    planned.start, planned.end
+                )));
+            }
             Some(Err(e)) => return Err(SourceError::Failed(format!("kafka: fetch {topic}/{partition}: {e}"))),
             Some(Ok(m)) => m,
         };
@@ -520,6 +658,9 @@ impl KafkaFetch {
         if offset < next {
             // Already taken (never delivered twice, whatever the client does).
             return Ok(Step::Delivered);
+        }
+        if first && offset > next {
+            self.check_gap(planned, offset)?;
         }
         if offset >= planned.end {
             // Past the end (the range ended in a gap): the next batch's.
@@ -532,6 +673,38 @@ impl KafkaFetch {
         chunk.push(topic, partition, offset, timestamp, message.key(), message.payload(), headers)?;
         cursor.next = Some(offset + 1);
         Ok(Step::Delivered)
+    }
+
+    /// The first record fetched for `planned` is at `first`, past its start.
+    /// If the broker's oldest retained offset is now past the start too,
+    /// retention deleted planned records after the plan: data loss, handled
+    /// per `on_data_loss`. Otherwise the skipped offsets are still in the
+    /// log but not visible to this consumer (transaction markers, aborted
+    /// transactions under `read_committed`, compaction), as every Kafka
+    /// client sees them. Asked at most once per range, and only on a gap.
+    fn check_gap(&self, planned: &Planned, first: i64) -> Result<(), SourceError> {
+        let (topic, partition, start) = (&planned.key.0, planned.key.1, planned.start);
+        let (low, _) = self.consumer.fetch_watermarks(topic, partition, self.timeout).map_err(|e| {
+            SourceError::Failed(format!("kafka: {topic}/{partition}: watermarks, after the fetch from offset {start} began at {first}: {e}"))
+        })?;
+        if low <= start {
+            return Ok(());
+        }
+        let lost = format!(
+            "kafka: {topic}/{partition}: offsets {start}..{} were deleted by retention after the batch was planned \
+             (the fetch from offset {start} began at {first}; the oldest retained offset is {low})",
+            low.min(planned.end)
+        );
+        match self.on_data_loss {
+            OnDataLoss::Fail => Err(SourceError::Failed(format!(
+                "{lost}; the batch's planned records are gone. Set source.on_data_loss = \"skip\" to run it with \
+                 the records that remain and accept the loss"
+            ))),
+            OnDataLoss::Skip => {
+                eprintln!("sluice: warning: {lost}; running the batch with the records that remain (source.on_data_loss = \"skip\")");
+                Ok(())
+            }
+        }
     }
 
     /// Nothing arrived for a while: serve the consumer's own queue (client

@@ -4,6 +4,13 @@
 //! orders (several updates per order id), writes a `pipeline.toml` for them
 //! and runs the example `orders-upsert` sink into a local Delta table with
 //! the real pipeline loop, then reads the table back for the summary.
+//!
+//! The mock cluster is not a real broker: it keeps at most 5 MiB (and
+//! 100 000 message sets) per partition and drops the oldest beyond that.
+//! The demo sizes its topic so every record fits, with room to spare, and
+//! checks before running that the topic still holds every record produced;
+//! if it does not, the demo refuses rather than report a table that lacks
+//! records.
 
 use crate::commit::DeltaCommitter;
 use crate::config::PipelineConfig;
@@ -18,6 +25,14 @@ use std::time::Duration;
 const MARKER: &str = ".sluice-demo";
 const TOPIC: &str = "orders";
 const STATUSES: [&str; 4] = ["created", "paid", "shipped", "delivered"];
+/// What the demo plans to put in one partition of the mock cluster, which
+/// keeps 5 MiB: the rest is slack for the uneven spread of keys.
+const PARTITION_BUDGET_BYTES: usize = 3 << 20;
+/// Records per partition, well below the mock's 100 000 message sets.
+const PARTITION_BUDGET_RECORDS: usize = 50_000;
+/// Bytes a record takes in the mock's log beyond its key and value (record
+/// and batch framing, rounded up).
+const RECORD_OVERHEAD_BYTES: usize = 32;
 
 /// What the demo does.
 #[derive(Debug, Clone)]
@@ -92,13 +107,33 @@ fn final_status(k: usize, records: usize, orders: usize) -> &'static str {
     STATUSES[(updates - 1) % STATUSES.len()]
 }
 
+/// The partitions the demo's topic gets for `records` sample records: at
+/// least 3, and enough that each stays well within what the mock cluster
+/// keeps.
+pub fn partitions_for(records: usize, orders: usize) -> i32 {
+    let orders = orders.clamp(1, records.max(1));
+    let sample = records.min(1000);
+    let sample_bytes: usize = (0..sample)
+        .map(|i| {
+            let (key, value) = sample_order(i, orders);
+            key.len() + value.len() + RECORD_OVERHEAD_BYTES
+        })
+        .sum();
+    let bytes = (sample_bytes / sample.max(1)).saturating_mul(records);
+    let by_bytes = bytes.div_ceil(PARTITION_BUDGET_BYTES);
+    let by_count = records.div_ceil(PARTITION_BUDGET_RECORDS);
+    by_bytes.max(by_count).max(3).min(i32::MAX as usize) as i32
+}
+
 /// Run the demo, reporting each batch to `on_batch`.
 pub fn run(options: &DemoOptions, on_event: impl FnMut(&Event)) -> Result<DemoSummary, DemoError> {
     let orders = options.orders.clamp(1, options.records.max(1));
     prepare_dir(&options.dir)?;
     let cluster = MockCluster::new(1).map_err(|e| DemoError::Kafka(e.to_string()))?;
-    cluster.create_topic(TOPIC, 3, 1).map_err(|e| DemoError::Kafka(e.to_string()))?;
+    let partitions = partitions_for(options.records, orders);
+    cluster.create_topic(TOPIC, partitions, 1).map_err(|e| DemoError::Kafka(e.to_string()))?;
     produce(&cluster.bootstrap_servers(), options.records, orders)?;
+    check_all_kept(&cluster.bootstrap_servers(), partitions, options.records)?;
 
     let config_path = options.dir.join("pipeline.toml");
     let component = std::path::absolute(&options.component).map_err(|e| DemoError::Dir(e.to_string()))?;
@@ -177,6 +212,29 @@ fn produce(bootstrap: &str, records: usize, orders: usize) -> Result<(), DemoErr
     producer.flush(Duration::from_secs(30)).map_err(kafka)
 }
 
+/// The mock cluster drops the oldest records of a partition past its
+/// bounds: make sure it dropped none, so the table is checked against every
+/// record produced.
+fn check_all_kept(bootstrap: &str, partitions: i32, produced: usize) -> Result<(), DemoError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let kafka = |e: rdkafka::error::KafkaError| DemoError::Kafka(e.to_string());
+    let consumer: BaseConsumer = ClientConfig::new().set("bootstrap.servers", bootstrap).create().map_err(kafka)?;
+    let (mut kept, mut dropped) = (0, 0);
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(TOPIC, p, Duration::from_secs(10)).map_err(kafka)?;
+        kept += high - low;
+        dropped += low;
+    }
+    if dropped > 0 || kept != produced as i64 {
+        return Err(DemoError::Kafka(format!(
+            "the embedded Kafka kept {kept} of the {produced} records produced ({dropped} dropped: librdkafka's mock \
+             cluster keeps at most 5 MiB per partition); the demo will not run on a topic that lost records. \
+             Use fewer --records, or point a pipeline at a real Kafka"
+        )));
+    }
+    Ok(())
+}
+
 fn demo_config(bootstrap: &str, component: &Path, batch_records: u64) -> String {
     format!(
         r#"# Written by `sluice demo`. The broker below is the demo's in-process Kafka,
@@ -214,6 +272,29 @@ columns = [
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_topic_grows_with_the_records() {
+        assert_eq!(partitions_for(10_000, 2_500), 3);
+        assert_eq!(partitions_for(0, 0), 3);
+        let p = partitions_for(200_000, 2_500);
+        assert!((6..=12).contains(&p), "{p}");
+        // A million ~100-byte records need more than 100 MB / 3 MiB partitions.
+        assert!(partitions_for(1_000_000, 1_000_000) as usize >= 100_000_000 / PARTITION_BUDGET_BYTES);
+    }
+
+    /// The mock cluster drops the oldest records past 5 MiB per partition
+    /// and, as its code says, moves the low watermark with them: the check
+    /// sees the loss.
+    #[test]
+    fn a_topic_that_dropped_records_is_refused() {
+        let cluster = MockCluster::new(1).unwrap();
+        cluster.create_topic(TOPIC, 1, 1).unwrap();
+        produce(&cluster.bootstrap_servers(), 80_000, 2_500).unwrap();
+        let err = check_all_kept(&cluster.bootstrap_servers(), 1, 80_000).unwrap_err().to_string();
+        assert!(err.starts_with("embedded kafka: the embedded Kafka kept ") && err.contains(" of the 80000 records produced ("), "{err}");
+        assert!(!err.contains("(0 dropped"), "{err}");
+    }
 
     #[test]
     fn sample_orders_end_in_their_final_status() {

@@ -14,7 +14,7 @@ use std::path::Path;
 /// committed yet) goes in too, so the bundle replays with nothing else.
 pub fn export(config: &PipelineConfig, n: u64, out: &Path, with_component: bool) -> Result<Manifest, ReplayError> {
     let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
-    let planned = checkpoint.planned(n)?.ok_or(ReplayError::NotPlanned(n))?;
+    let planned = checkpoint.planned(n)?.ok_or_else(|| ReplayError::missing(&checkpoint, n))?;
     let committed = checkpoint.committed(n)?;
     // The component whose output was committed (see `commits/N`).
     let ran = committed.as_ref().and_then(|c| c.component_digest.clone()).unwrap_or_else(|| planned.component_digest.clone());

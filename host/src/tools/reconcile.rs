@@ -153,7 +153,7 @@ pub fn reconcile(config: &PipelineConfig, options: &ReconcileOptions) -> Result<
         findings: Vec::new(),
         unchecked: Vec::new(),
     };
-    let plans = read_plans(&checkpoint, &mut r)?;
+    let plans = read_plans(&checkpoint, options, &mut r)?;
     check_ranges(&plans, &mut r);
 
     let mut logs = BTreeMap::new();
@@ -185,11 +185,25 @@ pub fn reconcile(config: &PipelineConfig, options: &ReconcileOptions) -> Result<
     Ok(r)
 }
 
-/// Every plan up to the last, in order; a missing one is a gap.
-fn read_plans(checkpoint: &Checkpoint, r: &mut ReconcileReport) -> Result<Vec<PlannedBatch>, CheckpointError> {
+/// Every plan the checkpoint keeps, in order; a missing one is a gap.
+/// Plans before the first kept one were pruned by `retention.batches`:
+/// their batches are reported as not checked.
+fn read_plans(checkpoint: &Checkpoint, options: &ReconcileOptions, r: &mut ReconcileReport) -> Result<Vec<PlannedBatch>, CheckpointError> {
     let Some(last) = checkpoint.last_planned()? else { return Ok(Vec::new()) };
+    let first = crate::checkpoint::retention::first_retained_plan(checkpoint.dir())
+        .map_err(|source| CheckpointError::Io { path: checkpoint.dir().join("offsets"), source })?
+        .unwrap_or(0);
+    // Only a problem when the check asked for them (`--last K` beyond the kept ones).
+    let asked = options.last.map_or(0, |k| r.last_committed.map_or(0, |c| (c + 1).saturating_sub(k)));
+    if first > asked {
+        r.unchecked.push(format!(
+            "batches {asked}..{} are not checked: their plans were pruned from the checkpoint (retention.batches); \
+             use --last K with K at most the batches kept",
+            first - 1
+        ));
+    }
     let mut plans = Vec::new();
-    for n in 0..=last {
+    for n in first..=last {
         match checkpoint.planned(n)? {
             Some(p) => plans.push(p),
             None => r.findings.push(Finding {

@@ -37,6 +37,17 @@ pub enum ReplayError {
     /// The batch was never planned.
     #[error("batch {0} is not in the checkpoint's offset log: it was never planned")]
     NotPlanned(u64),
+    /// The batch's plan was pruned by retention.
+    #[error(
+        "batch {batch_id} is no longer in the checkpoint: plans before batch {first_kept} were pruned \
+         (retention.batches); replay it from a bundle exported earlier, or keep more batches"
+    )]
+    Pruned {
+        /// The batch.
+        batch_id: u64,
+        /// The oldest batch whose plan is kept.
+        first_kept: u64,
+    },
     /// Neither a config nor a bundle says what to replay.
     #[error("{0}")]
     Usage(String),
@@ -66,6 +77,16 @@ pub enum ReplayError {
     /// A temporary `/staging` root could not be made.
     #[error("temporary scratch directory: {0}")]
     Scratch(std::io::Error),
+}
+
+impl ReplayError {
+    /// Batch `n` has no plan: never planned, or pruned by retention.
+    pub fn missing(checkpoint: &Checkpoint, n: u64) -> Self {
+        match crate::checkpoint::retention::first_retained_plan(checkpoint.dir()) {
+            Ok(Some(first_kept)) if n < first_kept => ReplayError::Pruned { batch_id: n, first_kept },
+            _ => ReplayError::NotPlanned(n),
+        }
+    }
 }
 
 /// What to replay, and how.
@@ -267,7 +288,7 @@ fn rebuild_committed(
 /// The batch as the checkpoint recorded it, with its records from Kafka.
 fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayError> {
     let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
-    let planned = checkpoint.planned(n)?.ok_or(ReplayError::NotPlanned(n))?;
+    let planned = checkpoint.planned(n)?.ok_or_else(|| ReplayError::missing(&checkpoint, n))?;
     let committed = checkpoint.committed(n)?;
     let mut notes = Vec::new();
     let ran_config = committed.as_ref().and_then(|c| c.config_digest.as_deref()).unwrap_or(&planned.config_digest);
