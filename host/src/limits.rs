@@ -375,6 +375,9 @@ mod tests {
         drop(a);
         let _c = g.take(1).expect("a dropped share can be taken again");
         assert!(g.take(1).is_err(), "a failed take takes nothing, and nothing more is free");
+    }
+
+    #[test]
     fn budget_checks_without_charging() {
         let b = Budget::new(Limit::OutputBytes, &Limits { output_bytes: 10, ..Limits::default() });
         b.charge(4).unwrap();
