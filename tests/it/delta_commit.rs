@@ -265,3 +265,34 @@ fn the_arrow_sink_lands_the_same_rows_as_the_json_sink() {
     );
     assert_eq!(rows[4]["timestamp_ms"], 1_700_000_000_014i64);
 }
+
+/// The check before every commit: a table past the batch, one holding it
+/// with other ranges, and one that lost a batch it held earlier in the run
+/// (its log cut back while the committer kept it open) each stop the
+/// commit, naming table, version and batch, with nothing written.
+#[test]
+fn a_table_ahead_disagreeing_or_behind_stops_the_commit_with_nothing_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = harness(Limits::default());
+    let sink = h.load("append-events");
+    let committer = DeltaCommitter::new("p", vec![events_table(dir.path())]).unwrap();
+    committer.commit(&run(&sink, 0, &["a"]).unwrap()).unwrap();
+    committer.commit(&run(&sink, 1, &["b"]).unwrap()).unwrap();
+
+    let err = committer.commit(&run(&sink, 0, &["a"]).unwrap()).unwrap_err();
+    assert!(matches!(err, CommitError::Ahead { .. }), "{err}");
+    assert!(err.to_string().starts_with("table `events` (Delta version 2) already holds batch 1 of this pipeline, past batch 0"), "{err}");
+    let err = committer.commit(&run(&sink, 1, &["b", "c"]).unwrap()).unwrap_err();
+    assert!(
+        err.to_string().starts_with("table `events` (Delta version 2) holds batch 1 with source ranges t/0 0..1 where this run has t/0 0..2"),
+        "{err}"
+    );
+
+    // Batch 1's commit is lost under the open committer.
+    std::fs::remove_file(dir.path().join("events/_delta_log/00000000000000000002.json")).unwrap();
+    let err = committer.commit(&run(&sink, 2, &["c"]).unwrap()).unwrap_err();
+    assert!(matches!(err, CommitError::Behind { .. }), "{err}");
+    assert!(err.to_string().starts_with("table `events` (Delta version 1) now holds batch 0 but held batch 1 earlier in this run"), "{err}");
+    let rows = read_table(&dir.path().join("events"), "value");
+    assert_eq!(rows.iter().map(|r| r["value"].as_str().unwrap()).collect::<Vec<_>>(), ["a"], "nothing was written");
+}

@@ -619,12 +619,12 @@ impl DeltaCommitter {
     async fn latest(&self, t: &TableConfig) -> Result<OpenTable, CommitError> {
         let kept = self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&t.name);
         if let Some(mut open) = kept {
-            open.table.update_incremental(None).await.map_err(delta_err(t))?;
-            // An update only looks past the version held: a log cut back
-            // below it (a restore, a lost write) must be read afresh, or the
-            // next commit would leave a hole in the log. One stat.
+            // A log cut back below the version held (a restore, a lost
+            // write) must be read afresh: an update only looks past that
+            // version (and refuses a log older than it). One stat.
             let held = open.table.version().is_none_or(|v| t.path.join("_delta_log").join(format!("{v:020}.json")).exists());
             if held {
+                open.table.update_incremental(None).await.map_err(delta_err(t))?;
                 return Ok(open);
             }
         }
