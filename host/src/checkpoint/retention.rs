@@ -198,7 +198,7 @@ mod tests {
     }
 
     fn commit(n: u64) -> CommittedBatch {
-        CommittedBatch { batch_id: n, output_digest: "d".repeat(64), table_versions: Default::default(), records: 1, staged_rows: Default::default() }
+        CommittedBatch { batch_id: n, output_digest: "d".repeat(64), table_versions: Default::default(), records: 1, staged_rows: Default::default(), component_digest: None, config_digest: None }
     }
 
     fn ids(dir: &Path, log: &str) -> Vec<u64> {
