@@ -85,6 +85,16 @@ impl Outcome {
     }
 }
 
+impl Drop for Exec {
+    /// Whatever a failing test left of a sink's deep chains goes level by
+    /// level before `TempDir` removes the rest.
+    fn drop(&mut self) {
+        for dir in ["live", "failed"] {
+            drop(ChainsIn(self.scratch().join(dir)));
+        }
+    }
+}
+
 impl Exec {
     /// Scratch on disk (ext4 here).
     fn new() -> Self {
@@ -287,6 +297,18 @@ impl Drop for Chain {
             }
         }
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A [`Chain`] for every directory under its path (a test that fails may
+/// leave a sink's chain in `live/`).
+struct ChainsIn(PathBuf);
+
+impl Drop for ChainsIn {
+    fn drop(&mut self) {
+        for entry in std::fs::read_dir(&self.0).into_iter().flatten().flatten() {
+            drop(Chain(entry.path()));
+        }
     }
 }
 
