@@ -17,11 +17,14 @@ PYTHON := $(READER_VENV)/bin/python
 # Python and JavaScript sinks (componentize-py, componentize-js).
 include mk/polyglot.mk
 
-# Beyond stock Rust: the Wasm component target, and OpenSSL headers for the
-# Delta Lake client (present on the usual image; installed if missing).
+# Beyond stock Rust: the Wasm component target, OpenSSL headers for the
+# Delta Lake client, and GNU time, with which the tests measure a sluice
+# process's own peak memory (all present on the usual image; installed if
+# missing).
 setup:
 	rustup target add wasm32-wasip2
 	@pkg-config --exists openssl || (apt-get update && apt-get install -y libssl-dev pkg-config)
+	@test -x /usr/bin/time || (apt-get update && apt-get install -y time)
 
 $(TANSU):
 	cargo install tansu@0.6.0 --locked --features libsql --root $(TOOLS)

@@ -114,6 +114,10 @@ impl Limits {
     ///                            batch's output or failure
     /// + 4 × chunk_bytes          the chunk being packed, the one read ahead,
     ///                            the one lowered into the guest, and slack
+    /// + staging_files × 512      entries held by open /staging listings
+    ///                            (a name is at most 255 bytes)
+    /// + open_files × path_depth × 256
+    ///                            the paths open descriptors were opened by
     /// + HOST_BASE_BYTES          what the host holds whatever the sink does
     /// ```
     ///
@@ -126,6 +130,8 @@ impl Limits {
             .saturating_add(self.output_bytes)
             .saturating_add(log.saturating_mul(2))
             .saturating_add(u64::from(self.chunk_bytes).saturating_mul(4))
+            .saturating_add(self.staging_files.saturating_mul(512))
+            .saturating_add(self.open_files.saturating_mul(self.path_depth).saturating_mul(256))
             .saturating_add(HOST_BASE_BYTES)
     }
 
@@ -391,7 +397,8 @@ mod tests {
     fn memory_bound_is_the_documented_formula() {
         let l = Limits::default();
         let log = l.log_bytes + l.log_lines * 128;
-        let sandbox = l.memory_bytes + l.call_bytes + l.output_bytes + 2 * log + 4 * u64::from(l.chunk_bytes);
+        let files = l.staging_files * 512 + l.open_files * l.path_depth * 256;
+        let sandbox = l.memory_bytes + l.call_bytes + l.output_bytes + 2 * log + 4 * u64::from(l.chunk_bytes) + files;
         assert_eq!(l.host_memory_bound(), sandbox + HOST_BASE_BYTES);
         let decoded = l.output_rows * 6 * 16 + l.output_bytes;
         assert_eq!(l.pipeline_memory_bound(6), sandbox + l.output_bytes + 3 * decoded + PIPELINE_BASE_BYTES);

@@ -362,14 +362,14 @@ pub fn checkpoint_files(dir: &std::path::Path) -> std::collections::BTreeMap<Str
 }
 
 /// What a finished `sluice` process showed: exit code, output, and its own
-/// peak resident memory (from `wait4`, so other children do not count).
+/// peak resident memory.
 #[derive(Debug)]
 pub struct Measured {
     /// The exit code, or `-signal` when a signal ended it.
     pub code: i32,
     pub stdout: String,
     pub stderr: String,
-    /// Peak RSS of this child alone, in bytes (`ru_maxrss`).
+    /// Peak RSS of the command alone, in bytes.
     pub peak_rss: u64,
     /// Wall time from spawn to exit.
     pub wall: std::time::Duration,
@@ -377,11 +377,34 @@ pub struct Measured {
 
 /// Run `cmd` to completion and measure it. Output is drained on threads so
 /// a chatty child cannot block on a full pipe.
-pub fn run_measured(mut cmd: std::process::Command) -> Measured {
+///
+/// The peak RSS comes from GNU `time` (Debian's `time`, installed by `make
+/// test`), which runs the command as its own child: Linux starts a child's
+/// `ru_maxrss` from the memory of the process it was forked from, and this
+/// test process is large (about 120 MiB), so `wait4` on a direct child would
+/// report the test's memory, not the command's.
+pub fn run_measured(cmd: std::process::Command) -> Measured {
     use std::io::Read;
     use std::process::Stdio;
+    let rss = tempfile::NamedTempFile::new().unwrap();
+    let mut timed = std::process::Command::new(GNU_TIME);
+    timed.args(["-f", "%M", "-o"]).arg(rss.path()).arg(cmd.get_program()).args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => timed.env(k, v),
+            None => timed.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        timed.current_dir(dir);
+    }
     let started = std::time::Instant::now();
-    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child = timed
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{GNU_TIME}: {e} (`make test` installs Debian's `time`)"));
     let drain = |mut r: Box<dyn Read + Send>| {
         std::thread::spawn(move || {
             let mut buf = Vec::new();
@@ -391,21 +414,24 @@ pub fn run_measured(mut cmd: std::process::Command) -> Measured {
     };
     let out = drain(Box::new(child.stdout.take().unwrap()));
     let err = drain(Box::new(child.stderr.take().unwrap()));
-    let (status, peak_rss) = wait4(child.id());
+    let status = child.wait().unwrap();
     let wall = started.elapsed();
-    // Already reaped by wait4: dropping `child` must not wait again.
-    std::mem::forget(child);
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -libc::WTERMSIG(status) };
-    Measured { code, stdout: out.join().unwrap(), stderr: err.join().unwrap(), peak_rss, wall }
+    use std::os::unix::process::ExitStatusExt;
+    let text = std::fs::read_to_string(rss.path()).unwrap();
+    // GNU time reports a signal-ended child as its own exit 128 + signal and
+    // says so on the first line; the figure is on the last.
+    let kib: u64 = text.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("GNU time said {text:?}"));
+    let signalled = text.lines().find_map(|l| l.strip_prefix("Command terminated by signal ")).and_then(|n| n.trim().parse::<i32>().ok());
+    let code = match (signalled, status.code()) {
+        (Some(sig), _) => -sig,
+        (None, Some(code)) => code,
+        (None, None) => -status.signal().unwrap_or(0),
+    };
+    let mut stderr = err.join().unwrap();
+    if signalled.is_some() {
+        stderr.push_str(&text);
+    }
+    Measured { code, stdout: out.join().unwrap(), stderr, peak_rss: kib * 1024, wall }
 }
 
-#[allow(unsafe_code, reason = "wait4(2) has no safe wrapper in std; the pointers are to locals")]
-fn wait4(pid: u32) -> (i32, u64) {
-    let mut status = 0;
-    // SAFETY: all-zero is a valid `rusage`; both pointers outlive the call.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let r = unsafe { libc::wait4(pid as libc::pid_t, &mut status, 0, &mut usage) };
-    assert_eq!(r, pid as libc::pid_t, "wait4: {}", std::io::Error::last_os_error());
-    // Linux reports ru_maxrss in KiB.
-    (status, usage.ru_maxrss as u64 * 1024)
-}
+const GNU_TIME: &str = "/usr/bin/time";

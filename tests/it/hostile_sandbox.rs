@@ -27,21 +27,11 @@ use std::time::Duration;
 /// pollables) would be well above.
 const RSS_BOUND: u64 = 300 << 20;
 
-/// `run_measured` of `cmd` under coreutils' `timeout` and GNU `time`.
-///
-/// A child still running after `limit` is killed (exit 137), so a
-/// regression that hangs fails its test instead of stalling the suite.
-/// The peak RSS is the one `time` reports for the sluice process: `wait4`
-/// on a child spawned from this (large, multi-threaded) test process also
-/// counts the test process's own resident memory, which the child shares
-/// until it calls exec, so `run_measured`'s figure is only an upper bound.
+/// `run_measured` of `cmd` under coreutils' `timeout`: a child still
+/// running after `limit` is killed (exit 137), so a regression that hangs
+/// fails its test instead of stalling the suite.
 fn run_bounded(cmd: std::process::Command, limit: Duration) -> Measured {
-    let rss = tempfile::NamedTempFile::new().unwrap();
-    let gnu_time = Path::new("/usr/bin/time").exists();
-    let mut bounded = std::process::Command::new(if gnu_time { "/usr/bin/time" } else { "timeout" });
-    if gnu_time {
-        bounded.args(["-f", "%M", "-o"]).arg(rss.path()).arg("timeout");
-    }
+    let mut bounded = std::process::Command::new("timeout");
     bounded.args(["-s", "KILL", &limit.as_secs().to_string()]).arg(cmd.get_program()).args(cmd.get_args());
     for (k, v) in cmd.get_envs() {
         match v {
@@ -49,15 +39,7 @@ fn run_bounded(cmd: std::process::Command, limit: Duration) -> Measured {
             None => bounded.env_remove(k),
         };
     }
-    let mut m = run_measured(bounded);
-    if !gnu_time {
-        eprintln!("no /usr/bin/time: the peak RSS printed is an upper bound");
-        return m;
-    }
-    let text = std::fs::read_to_string(rss.path()).unwrap();
-    let kib: u64 = text.lines().last().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| panic!("GNU time said {text:?}"));
-    m.peak_rss = kib * 1024;
-    m
+    run_measured(bounded)
 }
 
 /// A scratch root, records files and a shared compile cache for `sluice exec`.
