@@ -457,6 +457,21 @@ impl DeltaCommitter {
     /// Every commit of this pipeline still in `table`'s log, oldest first,
     /// read without creating the table (`None`: it does not exist).
     pub fn batch_commits(&self, table: &str) -> Result<Option<Vec<BatchCommit>>, CommitError> {
+        Ok(self.read_log(table)?.map(|(_, entries)| {
+            entries
+                .iter()
+                .filter_map(|(version, bytes)| {
+                    let meta = commit_meta(bytes.as_ref()?)?;
+                    BatchCommit::parse(*version, &meta, &self.app_id)
+                })
+                .collect()
+        }))
+    }
+
+    /// The raw commit entries of `table`'s log, oldest first, with its
+    /// latest version, read without creating the table (`None`: it does
+    /// not exist). A version whose entry is gone (cleaned up) has `None`.
+    fn read_log(&self, table: &str) -> Result<Option<(u64, Vec<(u64, Option<bytes::Bytes>)>)>, CommitError> {
         let t = self.tables.iter().find(|t| t.name == table).ok_or_else(|| CommitError::UnknownTable(table.to_owned()))?;
         self.runtime.block_on(async {
             if !t.path.join("_delta_log").is_dir() {
@@ -465,12 +480,11 @@ impl DeltaCommitter {
             let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
             let Some(latest) = table.version() else { return Ok(None) };
             let store = table.log_store();
-            let mut out = Vec::new();
+            let mut entries = Vec::new();
             for version in 0..=latest {
-                let Some(bytes) = store.read_commit_entry(version).await.map_err(delta_err(t))? else { continue };
-                out.extend(commit_meta(&bytes).and_then(|meta| BatchCommit::parse(version, &meta, &self.app_id)));
+                entries.push((version, store.read_commit_entry(version).await.map_err(delta_err(t))?));
             }
-            Ok(Some(out))
+            Ok(Some((latest, entries)))
         })
     }
 
@@ -568,23 +582,16 @@ impl DeltaCommitter {
     /// Every commit of `table` still in its log, read without creating the
     /// table (`None`: it does not exist).
     pub fn log(&self, table: &str) -> Result<Option<TableLog>, CommitError> {
-        let t = self.tables.iter().find(|t| t.name == table).ok_or_else(|| CommitError::UnknownTable(table.to_owned()))?;
-        self.runtime.block_on(async {
-            if !t.path.join("_delta_log").is_dir() {
-                return Ok(None);
-            }
-            let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
-            let Some(latest) = table.version() else { return Ok(None) };
-            let store = table.log_store();
+        Ok(self.read_log(table)?.map(|(latest, entries)| {
             let mut log = TableLog { version: latest, entries: Vec::new(), first_version: 0 };
-            for version in 0..=latest {
-                match store.read_commit_entry(version).await.map_err(delta_err(t))? {
+            for (version, bytes) in entries {
+                match bytes {
                     Some(bytes) => log.entries.push(log_entry(version, &bytes, &self.app_id)),
                     None => log.first_version = version + 1,
                 }
             }
-            Ok(Some(log))
-        })
+            log
+        }))
     }
 
     /// Run a SQL query over one table (registered as `t`), for summaries
