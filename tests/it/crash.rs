@@ -140,18 +140,10 @@ fn kill_minus_9_at_every_step_and_at_random_then_every_id_is_in_every_table_exac
         KILL_POINTS.len()
     );
 
-    for table in ["events", "audit"] {
-        let read = read_delta(&dir.path().join("tables").join(table), "fan-out");
-        let counts = read.counts("id");
-        let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
-        let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
-        assert!(dupes.is_empty(), "table {table}: ids not exactly once: {dupes:?}");
-        assert!(missing.is_empty(), "table {table}: missing ids: {missing:?}");
-        assert_eq!(counts.len(), ids.len(), "table {table}: no foreign ids");
-        // Batches of at most 40 over 1200 records: the last batch id is the
-        // table's txn version, with no batch skipped.
-        assert_eq!(read.txn, Some(29), "table {table}: 30 batches, ids 0..=29");
-    }
+    // Batches of at most 40 over 1200 records: the last batch id is the
+    // table's txn version, with no batch skipped.
+    let last = assert_fan_out_exactly_once(dir.path(), &ids);
+    assert_eq!(last, [Some(29); 2], "both tables: 30 batches, ids 0..=29");
     let audit = read_delta(&dir.path().join("tables/audit"), "fan-out");
     let mut batches: Vec<i64> = audit.rows.iter().map(|r| r["batch_id"].as_i64().unwrap()).collect();
     batches.sort_unstable();
@@ -312,18 +304,8 @@ fn kill_minus_9_with_tables_rolled_back_and_configs_changed_between_restarts_los
          {changes} config changes, {refusals} refused starts"
     );
 
-    let mut last = None;
-    for table in ["events", "audit"] {
-        let read = read_delta(&dir.path().join("tables").join(table), "fan-out");
-        let counts = read.counts("id");
-        let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
-        let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
-        assert!(dupes.is_empty(), "table {table}: ids not exactly once: {dupes:?}");
-        assert!(missing.is_empty(), "table {table}: {} missing ids: {missing:?}", missing.len());
-        assert_eq!(counts.len(), ids.len(), "table {table}: no foreign ids");
-        assert!(last.is_none() || last == read.txn, "both tables at the same last batch");
-        last = read.txn;
-    }
+    let [last, audit_last] = assert_fan_out_exactly_once(dir.path(), &ids);
+    assert_eq!(last, audit_last, "both tables at the same last batch");
     let audit = read_delta(&dir.path().join("tables/audit"), "fan-out");
     let mut batches: Vec<i64> = audit.rows.iter().map(|r| r["batch_id"].as_i64().unwrap()).collect();
     batches.sort_unstable();

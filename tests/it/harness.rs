@@ -303,6 +303,23 @@ pub fn read_delta(path: &std::path::Path, app_id: &str) -> ReadBack {
     ReadBack { version: v["version"].as_u64().unwrap(), txn: v["txn"].as_i64(), rows: v["rows"].as_array().unwrap().clone() }
 }
 
+/// Every id in `ids` exactly once in both tables of the `fan-out` sink
+/// under `dir` (read back with the independent reader), none missing and
+/// none foreign. Returns each table's last batch (`txn`): events, audit.
+pub fn assert_fan_out_exactly_once(dir: &std::path::Path, ids: &[String]) -> [Option<i64>; 2] {
+    ["events", "audit"].map(|table| {
+        let read = read_delta(&dir.join("tables").join(table), "fan-out");
+        let counts = read.counts("id");
+        let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+        let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+        let foreign: Vec<_> = counts.keys().filter(|id| !ids.contains(*id)).collect();
+        assert!(dupes.is_empty(), "table {table}: ids not exactly once: {dupes:?}");
+        assert!(missing.is_empty(), "table {table}: {} ids missing: {missing:?}", missing.len());
+        assert!(foreign.is_empty(), "table {table}: foreign ids: {foreign:?}");
+        read.txn
+    })
+}
+
 /// Change the table at `path` as another writer would (see
 /// `tests/reader/tamper_delta.py`).
 pub fn tamper_delta(path: &std::path::Path, args: &[&str]) {

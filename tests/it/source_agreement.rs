@@ -22,20 +22,7 @@ fn ids(prefix: &str, range: std::ops::Range<usize>) -> Vec<String> {
 /// Every id in `expected` exactly once in both tables of the `fan-out`
 /// sink, nothing else.
 fn assert_exactly_once(dir: &Path, expected: &[String]) {
-    let want: BTreeMap<String, usize> = expected.iter().map(|id| (id.clone(), 1)).collect();
-    for table in ["events", "audit"] {
-        let got = read_delta(&dir.join("tables").join(table), "fan-out").counts("id");
-        let twice: Vec<_> = got.iter().filter(|(_, n)| **n > 1).collect();
-        let missing: Vec<_> = want.keys().filter(|id| !got.contains_key(*id)).collect();
-        let extra: Vec<_> = got.keys().filter(|id| !want.contains_key(*id)).collect();
-        assert!(
-            twice.is_empty() && missing.is_empty() && extra.is_empty(),
-            "table {table}: {} twice {twice:?}, {} missing {missing:?}, {} unexpected {extra:?}",
-            twice.len(),
-            missing.len(),
-            extra.len()
-        );
-    }
+    assert_fan_out_exactly_once(dir, expected);
 }
 
 /// Rewrite the config file at `path` with `edit`.
