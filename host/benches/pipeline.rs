@@ -24,7 +24,6 @@ use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::mocking::MockCluster;
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use sluice::config::PipelineConfig;
 use sluice::pipeline::{Event, Pipeline};
@@ -32,50 +31,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-const TOPIC: &str = "events";
-/// librdkafka's mock cluster keeps at most 5 MB per partition (older
-/// records are dropped): 64 partitions hold 1M records of 200 bytes.
-const PARTITIONS: i32 = 64;
+mod common;
+
+use common::{PARTITIONS, TOPIC, guest, ms, percentile, produce};
+
 const BATCH_RECORDS: u64 = 100_000;
-
-fn guest(name: &str) -> PathBuf {
-    PathBuf::from(env!("SLUICE_GUEST_DIR")).join(format!("{name}.wasm"))
-}
-
-/// The `i`-th record: a 16-byte key and a ~180-byte JSON value.
-fn record(i: usize) -> (String, String) {
-    let key = format!("key-{i:012}");
-    let value = format!(
-        r#"{{"id":{i},"customer":"c-{:06}","amount_cents":{},"status":"paid","note":"{}"}}"#,
-        i % 100_000,
-        i % 9_973,
-        "x".repeat(100)
-    );
-    (key, value)
-}
-
-fn produce(bootstrap: &str, n: usize) -> u64 {
-    let producer: BaseProducer =
-        ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create().unwrap();
-    let mut bytes = 0;
-    for i in 0..n {
-        let (key, value) = record(i);
-        bytes += (key.len() + value.len()) as u64;
-        let mut rec = BaseRecord::to(TOPIC).partition(i as i32 % PARTITIONS).key(&key).payload(&value);
-        loop {
-            match producer.send(rec) {
-                Ok(()) => break,
-                Err((_, r)) => {
-                    rec = r;
-                    producer.poll(Duration::from_millis(5));
-                }
-            }
-        }
-        producer.poll(Duration::ZERO);
-    }
-    producer.flush(Duration::from_secs(120)).unwrap();
-    bytes
-}
 
 /// rdkafka alone: assign every partition from 0 and poll to the end.
 fn consume_only(bootstrap: &str, n: usize) -> Duration {
@@ -232,14 +192,6 @@ fn end_to_end(dir: &Path, bootstrap: &str, component: &str, n: usize) -> EndToEn
 fn rate(n: usize, bytes: u64, d: Duration) -> String {
     let s = d.as_secs_f64();
     format!("{:>8.0} ms  {:>10.0} records/s  {:>7.1} MB/s", s * 1e3, n as f64 / s, bytes as f64 / s / 1e6)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1e3)
 }
 
 fn main() {

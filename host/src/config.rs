@@ -11,6 +11,7 @@ use crate::checkpoint::retention::RetentionConfig;
 use crate::commit::TableConfig;
 use crate::limits::Limits;
 use crate::source::SourceConfig;
+use crate::storage::{Location, StorageOptions};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeSet;
@@ -55,12 +56,28 @@ pub struct PipelineSection {
     pub id: String,
     /// The sink component (`.wasm`).
     pub component: PathBuf,
-    /// The checkpoint directory (offset log and commit log).
-    pub checkpoint: PathBuf,
-    /// Where batch scratch directories go (default: `<checkpoint>/scratch`).
+    /// The checkpoint (offset log and commit log): a local directory or an
+    /// object-store URL (`s3://bucket/prefix`, `az://…`, `gs://…`).
+    pub checkpoint: Location,
+    /// Object-store options for the checkpoint and every table (a table's
+    /// own `storage_options` override them), as delta-rs takes them. Never
+    /// serialised: they may hold secrets.
+    #[serde(default, skip_serializing)]
+    pub storage_options: StorageOptions,
+    /// Whether a checkpoint on local disk is acceptable with tables in
+    /// object storage (`"local-ok"`), or refused (`"strict"`, the default).
+    #[serde(default)]
+    pub checkpoint_durability: CheckpointDurability,
+    /// How long the lease on a remote checkpoint lasts unrenewed: a standby
+    /// takes over within about this long of the owner's death.
+    #[serde(default = "default_lease_ms")]
+    pub lease_ms: u64,
+    /// Where batch scratch directories go (default: `<checkpoint>/scratch`,
+    /// or `<temp>/sluice/<id>/scratch` for a remote checkpoint).
     #[serde(default)]
     pub scratch: Option<PathBuf>,
-    /// Where compiled components are cached (default: `<checkpoint>/cache`).
+    /// Where compiled components are cached (default: `<checkpoint>/cache`,
+    /// or `<temp>/sluice/<id>/cache` for a remote checkpoint).
     #[serde(default)]
     pub cache: Option<PathBuf>,
     /// When to plan batches.
@@ -78,6 +95,22 @@ pub struct PipelineSection {
     /// Write Prometheus-format metrics to this file after every batch.
     #[serde(default)]
     pub metrics_file: Option<PathBuf>,
+}
+
+/// `pipeline.checkpoint_durability`: the §6.5 rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckpointDurability {
+    /// Tables in object storage need the checkpoint in object storage too.
+    #[default]
+    Strict,
+    /// A local checkpoint is accepted whatever the tables (its disk is
+    /// known to outlive the node, or losing it is acceptable).
+    LocalOk,
+}
+
+fn default_lease_ms() -> u64 {
+    10_000
 }
 
 fn default_trigger_interval_ms() -> u64 {
@@ -159,6 +192,12 @@ impl PipelineConfig {
         if p.max_attempts == 0 {
             return Err(("pipeline.max_attempts".into(), "must be at least 1".into()));
         }
+        if !(100..=3_600_000).contains(&p.lease_ms) {
+            return Err((
+                "pipeline.lease_ms".into(),
+                "must be from 100 ms to one hour".into(),
+            ));
+        }
         let s = &self.source;
         if s.topics.is_empty() {
             return Err(("source.topics".into(), "name at least one topic".into()));
@@ -202,11 +241,14 @@ impl PipelineConfig {
     /// part of that table's files (a vacuum of the outer one deletes it).
     /// Compared as written, `.` and `..` resolved, symlinks not followed.
     fn check_table_paths(&self) -> Result<(), (String, String)> {
-        let paths: Vec<PathBuf> = self.tables.iter().map(|t| normalize(&t.path)).collect();
-        for (i, a) in paths.iter().enumerate() {
-            for (j, b) in paths.iter().enumerate().filter(|(j, _)| *j < i) {
+        let parts: Vec<(String, Vec<String>)> =
+            self.tables.iter().map(|t| t.path.parts()).collect();
+        for (i, (store_a, a)) in parts.iter().enumerate() {
+            for (j, (store_b, b)) in parts.iter().enumerate().filter(|(j, _)| *j < i) {
                 let (ti, tj) = (&self.tables[i], &self.tables[j]);
-                let relation = if a == b {
+                let relation = if store_a != store_b {
+                    continue;
+                } else if a == b {
                     "the same path as"
                 } else if a.starts_with(b) {
                     "a path inside that of"
@@ -219,15 +261,86 @@ impl PipelineConfig {
                     format!("tables[{i}].path"),
                     format!(
                         "table `{}` ({}) has {relation} `tables[{j}].path`, table `{}` ({}); give each table a directory of its own",
-                        ti.name,
-                        ti.path.display(),
-                        tj.name,
-                        tj.path.display()
+                        ti.name, ti.path, tj.name, tj.path
                     ),
                 ));
             }
         }
         Ok(())
+    }
+
+    /// The §6.5 rule: tables in object storage with the checkpoint on a
+    /// node's disk lose the checkpoint with the node while the tables live
+    /// on. Refused unless `pipeline.checkpoint_durability = "local-ok"`.
+    /// `Err` is (key, message).
+    pub fn check_durability(&self) -> Result<(), (String, String)> {
+        if self.pipeline.checkpoint.is_remote()
+            || self.pipeline.checkpoint_durability == CheckpointDurability::LocalOk
+        {
+            return Ok(());
+        }
+        let Some((i, t)) = self
+            .tables
+            .iter()
+            .enumerate()
+            .find(|(_, t)| t.path.is_remote())
+        else {
+            return Ok(());
+        };
+        Err((
+            "pipeline.checkpoint_durability".into(),
+            format!(
+                "table `{}` is in object storage (tables[{i}].path = {}) but the checkpoint is on local disk ({}); \
+                 when this node fails, the checkpoint is lost while the tables live on. Put the checkpoint beside the \
+                 tables (pipeline.checkpoint = \"{}\"), or, if this disk outlives the node, accept it with \
+                 checkpoint_durability = \"local-ok\" in [pipeline]",
+                t.name,
+                t.path,
+                self.pipeline.checkpoint,
+                beside(&t.path, &self.pipeline.id),
+            ),
+        ))
+    }
+
+    /// Where the checkpoint is and how to reach it.
+    pub fn checkpoint_place(&self) -> crate::checkpoint::Place {
+        crate::checkpoint::Place {
+            location: self.pipeline.checkpoint.clone(),
+            options: self.pipeline.storage_options.clone(),
+            local: self.cache_dir(),
+            lease_ms: self.pipeline.lease_ms,
+        }
+    }
+
+    /// The tables as the committer takes them: each with its effective
+    /// object-store options.
+    pub fn resolved_tables(&self) -> Vec<TableConfig> {
+        self.tables
+            .iter()
+            .map(|t| TableConfig {
+                storage_options: self.table_options(t),
+                ..t.clone()
+            })
+            .collect()
+    }
+
+    /// The object-store options of table `t`: the pipeline's, with the
+    /// table's own on top.
+    pub fn table_options(&self, t: &TableConfig) -> StorageOptions {
+        self.pipeline.storage_options.merged(&t.storage_options)
+    }
+
+    /// A local directory for one of the pipeline's own needs (`scratch`,
+    /// `cache`): inside a local checkpoint, or under the system's temporary
+    /// directory when the checkpoint is remote.
+    fn local_dir(&self, name: &str) -> PathBuf {
+        match &self.pipeline.checkpoint {
+            Location::Local(dir) => dir.join(name),
+            Location::Remote(_) => std::env::temp_dir()
+                .join("sluice")
+                .join(&self.pipeline.id)
+                .join(name),
+        }
     }
 
     fn resolve_paths(&mut self, base: &Path) {
@@ -238,18 +351,24 @@ impl PipelineConfig {
         };
         let p = &mut self.pipeline;
         resolve(&mut p.component);
-        resolve(&mut p.checkpoint);
-        for dir in [&mut p.scratch, &mut p.cache, &mut p.metrics_file].into_iter().flatten() {
+        p.checkpoint.resolve(base);
+        for dir in [&mut p.scratch, &mut p.cache, &mut p.metrics_file]
+            .into_iter()
+            .flatten()
+        {
             resolve(dir);
         }
         for t in &mut self.tables {
-            resolve(&mut t.path);
+            t.path.resolve(base);
         }
     }
 
     /// Where batch scratch directories go.
     pub fn scratch_dir(&self) -> PathBuf {
-        self.pipeline.scratch.clone().unwrap_or_else(|| self.pipeline.checkpoint.join("scratch"))
+        self.pipeline
+            .scratch
+            .clone()
+            .unwrap_or_else(|| self.local_dir("scratch"))
     }
 
     /// The source config for one of this pipeline's Kafka clients. Its group
@@ -269,7 +388,10 @@ impl PipelineConfig {
 
     /// Where compiled components are cached.
     pub fn cache_dir(&self) -> PathBuf {
-        self.pipeline.cache.clone().unwrap_or_else(|| self.pipeline.checkpoint.join("cache"))
+        self.pipeline
+            .cache
+            .clone()
+            .unwrap_or_else(|| self.local_dir("cache"))
     }
 
     /// SHA-256 of what decides a batch's output apart from its records and
@@ -327,20 +449,24 @@ pub fn check_pipeline_id(id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// `path` with `.` dropped and `..` applied, without touching the disk.
-fn normalize(path: &Path) -> PathBuf {
-    use std::path::Component;
-    let mut out: Vec<Component<'_>> = Vec::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir if matches!(out.last(), Some(Component::Normal(_))) => {
-                out.pop();
-            }
-            c => out.push(c),
+/// A checkpoint URL beside the table at `table`, for the durability
+/// error's advice: `<scheme>://<bucket>/checkpoints/<pipeline id>`.
+fn beside(table: &Location, id: &str) -> String {
+    match table {
+        Location::Remote(url) => {
+            let user = if url.username().is_empty() {
+                String::new()
+            } else {
+                format!("{}@", url.username())
+            };
+            format!(
+                "{}://{user}{}/checkpoints/{id}",
+                url.scheme(),
+                url.host_str().unwrap_or_default()
+            )
         }
+        Location::Local(p) => p.join("checkpoint").display().to_string(),
     }
-    out.iter().collect()
 }
 
 /// `config FILE line N`, leaving out what is unknown.
@@ -476,8 +602,38 @@ fuel = 1000
         std::fs::write(&file, GOOD).unwrap();
         let c = PipelineConfig::load(&file).unwrap();
         assert_eq!(c.pipeline.component, dir.path().join("sink.wasm"));
-        assert_eq!(c.tables[0].path, dir.path().join("state/orders"));
+        assert_eq!(c.tables[0].path, Location::Local(dir.path().join("state/orders")));
         assert_eq!(c.scratch_dir(), dir.path().join("state/checkpoint/scratch"));
+    }
+
+    #[test]
+    fn object_store_locations_are_kept_as_urls_with_their_options_never_serialised() {
+        let text = GOOD
+            .replace("checkpoint = \"state/checkpoint\"", "checkpoint = \"s3://lake/cp\"\nstorage_options = { aws_secret_access_key = \"s3cr3t\" }")
+            .replace("path = \"state/orders\"", "path = \"s3://lake/orders\"\nstorage_options = { aws_region = \"eu-west-1\" }");
+        let c = PipelineConfig::parse(&text).unwrap();
+        assert_eq!(c.pipeline.checkpoint.to_string(), "s3://lake/cp");
+        let t = &c.resolved_tables()[0];
+        assert_eq!(t.storage_options.0.keys().collect::<Vec<_>>(), ["aws_region", "aws_secret_access_key"], "table over pipeline");
+        assert_eq!(c.scratch_dir(), std::env::temp_dir().join("sluice/orders/scratch"), "local scratch for a remote checkpoint");
+        let shown = format!("{c:?} {} {}", serde_json::to_string(&c.tables).unwrap(), serde_json::to_string(&c.pipeline).unwrap());
+        assert!(!shown.contains("s3cr3t"), "{shown}");
+        c.check_durability().unwrap();
+        let e = error(&GOOD.replace("checkpoint = \"state/checkpoint\"", "checkpoint = \"gopher://x/y\""));
+        assert!(e.contains("`pipeline.checkpoint`") && e.contains("not one sluice can serve"), "{e}");
+    }
+
+    #[test]
+    fn remote_tables_with_a_local_checkpoint_break_the_durability_rule_unless_accepted() {
+        let text = GOOD.replace("path = \"state/orders\"", "path = \"az://lake/orders\"");
+        let c = PipelineConfig::parse(&text).unwrap();
+        let (key, message) = c.check_durability().unwrap_err();
+        assert_eq!(key, "pipeline.checkpoint_durability");
+        assert!(message.contains("(pipeline.checkpoint = \"az://lake/checkpoints/orders\")"), "{message}");
+        let ok = text.replace("checkpoint = \"state/checkpoint\"", "checkpoint = \"state/checkpoint\"\ncheckpoint_durability = \"local-ok\"");
+        PipelineConfig::parse(&ok).unwrap().check_durability().unwrap();
+        let e = error(&text.replace("checkpoint = \"state/checkpoint\"", "checkpoint = \"state/checkpoint\"\ncheckpoint_durability = \"yolo\""));
+        assert!(e.contains("`pipeline.checkpoint_durability`") && e.contains("unknown variant `yolo`"), "{e}");
     }
 
     #[test]

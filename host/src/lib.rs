@@ -13,7 +13,8 @@
 //! | [`limits`]      | limits and their config keys                                       |
 //! | [`config`]      | `pipeline.toml`                                                    |
 //! | [`source`]      | Kafka: plan batches, fetch exact ranges; record chunks, read-ahead |
-//! | [`checkpoint`]  | write-ahead offset log, commit log, attempt records; rebuild       |
+//! | [`storage`]     | where data lives: local paths and object-store URLs               |
+//! | [`checkpoint`]  | write-ahead offset log, commit log, lease, attempt records; rebuild |
 //! | `sandbox`       | engine, component cache, fresh instance, `/staging`, clock, log    |
 //! | `output`        | staged table operations and their digest                           |
 //! | [`commit`]      | batch output → Delta tables, once                                  |
@@ -31,6 +32,7 @@ mod output;
 pub mod pipeline;
 mod sandbox;
 pub mod source;
+pub mod storage;
 pub mod tools;
 
 pub use sandbox::batch_log::{Level, LogLine, LogSource};

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant, SystemTime};
 /// batch; from then on batch N+1 is planned while N commits, so `:2` is the
 /// commit-log file of batch 0 or the offsets file of batch 1, whichever
 /// thread gets there first).
-const KILL_POINTS: [&str; 12] = [
+pub(crate) const KILL_POINTS: [&str; 12] = [
     "after-offsets-log:1",
     "in-sink:1",
     "between-table-commits:1",

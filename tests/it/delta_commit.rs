@@ -15,7 +15,8 @@ pub fn col(name: &str, data_type: ColumnType) -> ColumnConfig {
 pub fn orders_table(dir: &Path) -> TableConfig {
     TableConfig {
         name: "orders".into(),
-        path: dir.join("orders"),
+        path: dir.join("orders").into(),
+        storage_options: Default::default(),
         columns: vec![
             col("order_id", ColumnType::String),
             col("customer", ColumnType::String),
@@ -31,7 +32,8 @@ pub fn orders_table(dir: &Path) -> TableConfig {
 fn events_table(dir: &Path) -> TableConfig {
     TableConfig {
         name: "events".into(),
-        path: dir.join("events"),
+        path: dir.join("events").into(),
+        storage_options: Default::default(),
         columns: vec![
             col("topic", ColumnType::String),
             col("partition", ColumnType::Integer),
@@ -245,8 +247,11 @@ fn the_arrow_sink_lands_the_same_rows_as_the_json_sink() {
     let mut tables = Vec::new();
     for (sink, output) in [("append-events", run("append-events")), ("append-events-arrow", arrow)] {
         let table = events_table(&dir.path().join(sink));
-        let path = table.path.clone();
-        DeltaCommitter::new("p", vec![table]).unwrap().commit(&output).unwrap();
+        let path = table.path.local().unwrap().to_owned();
+        DeltaCommitter::new("p", vec![table])
+            .unwrap()
+            .commit(&output)
+            .unwrap();
         let mut back = read_delta(&path, "p");
         assert_eq!(back.txn, Some(0), "{sink}");
         back.rows.sort_by_key(|r| r["offset"].as_i64());

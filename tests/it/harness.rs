@@ -284,10 +284,42 @@ impl ReadBack {
 /// Read the table at `path` with Python `deltalake` (`make test` installs
 /// it and sets `SLUICE_PYTHON`).
 pub fn read_delta(path: &std::path::Path, app_id: &str) -> ReadBack {
+    read_delta_table(path.as_os_str(), app_id, None)
+}
+
+/// Read the table at the object-store URL `uri` (`s3://bucket/path`,
+/// `az://container/path`) with Python `deltalake`, connecting with
+/// `options` (the object_store keys delta-rs takes, e.g. an
+/// `object_servers` server's `storage_options()`).
+pub fn read_delta_at(uri: &str, app_id: &str, options: &[(String, String)]) -> ReadBack {
+    let options: serde_json::Map<String, Value> = options
+        .iter()
+        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+        .collect();
+    read_delta_table(
+        std::ffi::OsStr::new(uri),
+        app_id,
+        Some(&Value::Object(options).to_string()),
+    )
+}
+
+/// Run `tests/reader/read_delta.py` on `table` (a directory or a URL). The
+/// storage options go in the environment, as JSON, not on the command line
+/// (they hold keys); `None` removes any inherited value, so a local read
+/// never picks up another store's options.
+fn read_delta_table(table: &std::ffi::OsStr, app_id: &str, options: Option<&str>) -> ReadBack {
     let python = std::env::var("SLUICE_PYTHON")
         .unwrap_or_else(|_| panic!("SLUICE_PYTHON is not set: run the tests with `make test`, which installs the Delta reader"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reader/read_delta.py");
-    let read = || std::process::Command::new(&python).arg(script).arg(path).arg(app_id).output().unwrap();
+    let read = || {
+        let mut cmd = std::process::Command::new(&python);
+        cmd.arg(script).arg(table).arg(app_id);
+        match options {
+            Some(json) => cmd.env("SLUICE_READER_STORAGE_OPTIONS", json),
+            None => cmd.env_remove("SLUICE_READER_STORAGE_OPTIONS"),
+        };
+        cmd.output().unwrap()
+    };
     let mut out = read();
     // The reader's native code has aborted (SIGABRT) once under load; a
     // reader that died of a signal is asked again, an error is not.
@@ -298,7 +330,12 @@ pub fn read_delta(path: &std::path::Path, app_id: &str) -> ReadBack {
         eprintln!("the Delta reader died ({}); reading again", out.status);
         out = read();
     }
-    assert!(out.status.success(), "the Delta reader failed on {}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "the Delta reader failed on {}: {}",
+        table.to_string_lossy(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     ReadBack { version: v["version"].as_u64().unwrap(), txn: v["txn"].as_i64(), rows: v["rows"].as_array().unwrap().clone() }
 }
@@ -309,15 +346,21 @@ pub fn read_delta(path: &std::path::Path, app_id: &str) -> ReadBack {
 pub fn assert_fan_out_exactly_once(dir: &std::path::Path, ids: &[String]) -> [Option<i64>; 2] {
     ["events", "audit"].map(|table| {
         let read = read_delta(&dir.join("tables").join(table), "fan-out");
-        let counts = read.counts("id");
-        let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
-        let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
-        let foreign: Vec<_> = counts.keys().filter(|id| !ids.contains(*id)).collect();
-        assert!(dupes.is_empty(), "table {table}: ids not exactly once: {dupes:?}");
-        assert!(missing.is_empty(), "table {table}: {} ids missing: {missing:?}", missing.len());
-        assert!(foreign.is_empty(), "table {table}: foreign ids: {foreign:?}");
+        assert_ids_exactly_once(table, &read, ids);
         read.txn
     })
+}
+
+/// Every id in `ids` exactly once in the `id` column of `read` (table
+/// `table`), none missing and none foreign.
+pub fn assert_ids_exactly_once(table: &str, read: &ReadBack, ids: &[String]) {
+    let counts = read.counts("id");
+    let dupes: Vec<_> = counts.iter().filter(|(_, n)| **n != 1).collect();
+    let missing: Vec<_> = ids.iter().filter(|id| !counts.contains_key(*id)).collect();
+    let foreign: Vec<_> = counts.keys().filter(|id| !ids.contains(*id)).collect();
+    assert!(dupes.is_empty(), "table {table}: ids not exactly once: {dupes:?}");
+    assert!(missing.is_empty(), "table {table}: {} ids missing: {missing:?}", missing.len());
+    assert!(foreign.is_empty(), "table {table}: foreign ids: {foreign:?}");
 }
 
 /// Change the table at `path` as another writer would (see

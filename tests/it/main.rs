@@ -17,6 +17,8 @@ mod isolation;
 mod kafka_faults;
 mod kafka_source;
 mod no_ambient_authority;
+mod object_servers;
+mod object_storage;
 mod pipeline_run;
 mod seed_incident;
 mod source_agreement;

@@ -35,7 +35,7 @@ fn sealed(body: &[u8]) -> Vec<u8> {
 /// error naming the file.
 fn read_both(cp: &Checkpoint, bytes: &[u8]) -> Result<(), TestCaseError> {
     for log in ["offsets", "commits"] {
-        let path = cp.dir().join(log).join("0");
+        let path = cp.attempts_dir().join(log).join("0");
         std::fs::write(&path, bytes).unwrap();
         let result = if log == "offsets" { cp.planned(0).map(|p| p.is_some()) } else { cp.committed(0).map(|c| c.is_some()) };
         match result {

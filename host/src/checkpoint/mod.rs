@@ -1,5 +1,6 @@
 //! The checkpoint: a write-ahead log of planned batches and a log of
-//! committed ones, in a directory owned by one `sluice` process at a time.
+//! committed ones, in a local directory or an object-store prefix, owned by
+//! one `sluice` process at a time.
 //!
 //! Guarantees:
 //! - `offsets/N` (the plan of batch N: ranges, digests, seed, timestamp) is
@@ -10,11 +11,17 @@
 //! - At most two batches are planned and not committed: the pipeline plans
 //!   and runs batch N+1 while batch N commits (never further ahead, so a
 //!   restart has at most two batches to finish, in order).
-//! - Every file is written to a temporary name, fsynced, renamed into place
-//!   and its directory fsynced, so a crash leaves the old file or the new
-//!   one, never a torn one. Each file carries a SHA-256 of its body; a file
-//!   that fails the check stops the pipeline with the file named. Offsets
-//!   are never reset, skipped or guessed.
+//! - `offsets/N` and `commits/N` are created, never overwritten ([`store`]:
+//!   hard link locally, `If-None-Match: *` in an object store), so two
+//!   processes can never both write a plan for N; the one that finds the
+//!   file there is told it lost ownership. (A healed batch's commit record
+//!   is the one file rewritten, by its owner.) A crash leaves the old file
+//!   or the new one, never a torn one. Each file carries a SHA-256 of its
+//!   body; a file that fails the check stops the pipeline with the file
+//!   named. Offsets are never reset, skipped or guessed.
+//! - Ownership: a local checkpoint is owned through an OS file lock (it
+//!   dies with the process); one in object storage through a [`lease`]
+//!   with an epoch, which every write checks first.
 //!
 //! ```text
 //!   offsets/N written ──► sink runs ──► tables committed ──► commits/N written
@@ -24,16 +31,25 @@
 //!            anything else                         → error, naming the files
 //! ```
 //!
-//! The layout is one small file per key, so an object store with
-//! put-if-absent can replace the directory later.
+//! What lives where: `offsets/`, `commits/`, the `lease` and kept
+//! `components/` are in the checkpoint itself, local or remote. Attempt
+//! records (`attempts/`, diagnostics appended per attempt) stay on local
+//! disk: in the checkpoint directory when it is local, in the pipeline's
+//! cache directory when the checkpoint is remote (object stores cannot
+//! append, and nothing depends on them for correctness).
 
 pub mod attempt_log;
 #[cfg(test)]
 mod file_fuzz;
+pub mod lease;
 pub mod rebuild;
 pub mod retention;
+pub mod store;
 
 use crate::source::records::SourceRange;
+use crate::storage::blobs::Blobs;
+use crate::storage::{Location, StorageOptions};
+use lease::{Lease, LeaseRecord, OnStandby};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -41,6 +57,8 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use store::Store;
 
 /// How many batches may be planned and not yet committed: the one
 /// committing and the next one, running meanwhile.
@@ -55,7 +73,7 @@ pub enum CheckpointError {
     /// A file or directory could not be read or written.
     #[error("checkpoint {path}: {source}")]
     Io {
-        /// The file or directory.
+        /// The file or directory (a URL for object storage).
         path: PathBuf,
         /// Why.
         source: io::Error,
@@ -84,10 +102,39 @@ pub enum CheckpointError {
         /// " (pid N)" when known.
         holder: String,
     },
+    /// This process owned the checkpoint and does not any more: it must
+    /// write nothing else.
+    #[error(
+        "lost the lease on checkpoint {checkpoint} (epoch {epoch}): {why}. Another sluice process owns the pipeline \
+         now; this one stops without committing anything more (nothing is lost: the owner continues where the \
+         tables are)"
+    )]
+    LeaseLost {
+        /// The checkpoint's URL.
+        checkpoint: String,
+        /// The epoch this process held.
+        epoch: u64,
+        /// What happened.
+        why: String,
+    },
 }
 
 /// Result type of checkpoint operations.
 pub type Result<T, E = CheckpointError> = std::result::Result<T, E>;
+
+/// Where a checkpoint is and how to reach it.
+#[derive(Debug, Clone)]
+pub struct Place {
+    /// The checkpoint itself.
+    pub location: Location,
+    /// Object-store options (the pipeline's `storage_options`).
+    pub options: StorageOptions,
+    /// Local directory for attempt records and fetched components when
+    /// the checkpoint is remote (the pipeline's cache directory).
+    pub local: PathBuf,
+    /// The lease length, for a remote checkpoint.
+    pub lease_ms: u64,
+}
 
 /// The plan of one batch: `offsets/N`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -139,18 +186,43 @@ pub struct Resume {
     pub pending: Vec<PlannedBatch>,
 }
 
-/// An open checkpoint directory, exclusively owned while this value lives.
-#[derive(Debug)]
-pub struct Checkpoint {
-    dir: PathBuf,
-    // Holding the file holds the lock; the OS drops it if the process dies.
-    // `None` for a read-only view.
-    lock: Option<File>,
+/// Who owns a checkpoint, seen from outside (`sluice status`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Holder {
+    /// A local process holds the file lock.
+    Pid(u32),
+    /// The lease in object storage (possibly expired or released).
+    Lease(LeaseRecord),
 }
 
+/// How this process holds the checkpoint.
+#[derive(Debug)]
+enum Ownership {
+    /// A read-only view.
+    None,
+    /// Holding the file holds the lock; the OS drops it if the process dies.
+    FileLock(#[allow(dead_code)] File),
+    /// A lease in the object store.
+    Lease(Lease),
+}
+
+/// An open checkpoint, exclusively owned while this value lives (unless
+/// opened read-only).
+#[derive(Debug)]
+pub struct Checkpoint {
+    location: Location,
+    store: Store,
+    /// Where attempt records (and fetched components) go.
+    local: PathBuf,
+    ownership: Ownership,
+}
+
+/// The two logs.
 #[derive(Clone, Copy)]
-enum Log {
+pub enum Log {
+    /// `offsets/N`: plans.
     Offsets,
+    /// `commits/N`: commit records.
     Commits,
 }
 
@@ -163,15 +235,15 @@ impl Log {
     }
 }
 
-fn io_err(path: &Path) -> impl FnOnce(io::Error) -> CheckpointError + '_ {
-    move |source| CheckpointError::Io { path: path.to_owned(), source }
-}
-
 impl Checkpoint {
-    /// Open (creating if needed) the checkpoint in `dir` and take ownership
-    /// of it. Fails if another process owns it.
+    /// Open (creating if needed) the local checkpoint in `dir` and take
+    /// ownership of it. Fails if another process owns it.
     pub fn open(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
+        let io_err = |path: &Path| {
+            let path = path.to_owned();
+            move |source| CheckpointError::Io { path, source }
+        };
         for log in [Log::Offsets, Log::Commits] {
             let d = dir.join(log.name());
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
@@ -189,9 +261,11 @@ impl Checkpoint {
             }
             Err(std::fs::TryLockError::Error(e)) => return Err(io_err(&lock_path)(e)),
         }
-        lock.set_len(0).and_then(|()| write!(lock, "{}", std::process::id())).map_err(io_err(&lock_path))?;
-        // Temporary files of a writer that died mid-write: never renamed,
-        // so never part of the checkpoint.
+        lock.set_len(0)
+            .and_then(|()| write!(lock, "{}", std::process::id()))
+            .map_err(io_err(&lock_path))?;
+        // Temporary files of a writer that died mid-write: never linked or
+        // renamed into place, so never part of the checkpoint.
         for log in [Log::Offsets, Log::Commits] {
             let d = dir.join(log.name());
             for entry in std::fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
@@ -200,63 +274,282 @@ impl Checkpoint {
                 }
             }
         }
-        Ok(Self { dir, lock: Some(lock) })
+        Ok(Self {
+            location: Location::Local(dir.clone()),
+            store: Store::Local(dir.clone()),
+            local: dir,
+            ownership: Ownership::FileLock(lock),
+        })
     }
 
-    /// Open an existing checkpoint to read it (`sluice status`), without
-    /// taking ownership: a running pipeline may be writing it meanwhile.
+    /// Open the checkpoint at `place` and take ownership: the file lock of
+    /// a local one, or the lease of a remote one, waiting as a standby while
+    /// a live process holds it (`on_standby` is told who).
+    pub fn open_at(place: &Place, on_standby: OnStandby<'_>) -> Result<Self> {
+        match &place.location {
+            Location::Local(dir) => Self::open(dir.clone()),
+            Location::Remote(url) => {
+                let blobs = Arc::new(Self::blobs(place, url)?);
+                let lease = Lease::acquire(blobs.clone(), place.lease_ms, on_standby)?;
+                Ok(Self {
+                    location: place.location.clone(),
+                    store: Store::Remote(blobs),
+                    local: place.local.clone(),
+                    ownership: Ownership::Lease(lease),
+                })
+            }
+        }
+    }
+
+    fn blobs(place: &Place, url: &url::Url) -> Result<Blobs> {
+        Blobs::open(url, &place.options).map_err(|source| CheckpointError::Io {
+            path: url.to_string().into(),
+            source,
+        })
+    }
+
+    /// Open an existing local checkpoint to read it (`sluice status`),
+    /// without taking ownership: a running pipeline may be writing it
+    /// meanwhile.
     pub fn open_read_only(dir: impl Into<PathBuf>) -> Result<Self> {
         let dir = dir.into();
         for log in [Log::Offsets, Log::Commits] {
             let d = dir.join(log.name());
-            std::fs::metadata(&d).map_err(io_err(&d))?;
+            std::fs::metadata(&d).map_err(|source| CheckpointError::Io { path: d, source })?;
         }
-        Ok(Self { dir, lock: None })
+        Ok(Self {
+            location: Location::Local(dir.clone()),
+            store: Store::Local(dir.clone()),
+            local: dir,
+            ownership: Ownership::None,
+        })
+    }
+
+    /// Open the checkpoint at `place` to read it, without taking ownership.
+    pub fn open_read_only_at(place: &Place) -> Result<Self> {
+        match &place.location {
+            Location::Local(dir) => Self::open_read_only(dir.clone()),
+            Location::Remote(url) => {
+                let store = Store::Remote(Arc::new(Self::blobs(place, url)?));
+                Ok(Self {
+                    location: place.location.clone(),
+                    store,
+                    local: place.local.clone(),
+                    ownership: Ownership::None,
+                })
+            }
+        }
+    }
+
+    /// Who owns the checkpoint at `place`, if anyone does (a lease is
+    /// returned even when expired or released: its record says so).
+    pub fn holder(place: &Place) -> Option<Holder> {
+        match &place.location {
+            Location::Local(dir) => {
+                let path = dir.join("lock");
+                let file = File::open(&path).ok()?;
+                match file.try_lock_shared() {
+                    Ok(()) => None,
+                    Err(_) => std::fs::read_to_string(&path)
+                        .ok()?
+                        .trim()
+                        .parse()
+                        .ok()
+                        .map(Holder::Pid),
+                }
+            }
+            Location::Remote(url) => {
+                let blobs = Self::blobs(place, url).ok()?;
+                lease::read(&blobs).ok().flatten().map(Holder::Lease)
+            }
+        }
+    }
+
+    /// Where the checkpoint is.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The local directory attempt records are kept under.
+    pub fn attempts_dir(&self) -> &Path {
+        &self.local
+    }
+
+    /// How `log`'s file for batch `n` is named in messages.
+    pub fn file(&self, log: Log, n: u64) -> PathBuf {
+        self.store.name_of(&key(log, n))
+    }
+
+    /// The lease epoch this process holds, when the checkpoint is remote.
+    pub fn epoch(&self) -> Option<u64> {
+        match &self.ownership {
+            Ownership::Lease(l) => Some(l.epoch()),
+            _ => None,
+        }
+    }
+
+    /// Fails once this process no longer owns the checkpoint (a lost
+    /// lease); a read-only view never owns it.
+    pub fn check_owned(&self) -> Result<()> {
+        match &self.ownership {
+            Ownership::Lease(l) => l.check(),
+            Ownership::FileLock(_) => Ok(()),
+            Ownership::None => {
+                let denied = io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    "the checkpoint is open read-only",
+                );
+                Err(CheckpointError::Io {
+                    path: self.location.to_string().into(),
+                    source: denied,
+                })
+            }
+        }
     }
 
     /// Keep a copy of the component batches are planned with, named by its
     /// digest, so a batch can be replayed or exported with the code that
     /// ran it after the config points elsewhere.
     pub fn keep_component(&self, digest: &str, component: &Path) -> Result<()> {
-        let path = self.component(digest);
-        if path.exists() {
+        let key = component_key(digest);
+        let io_err = |source| CheckpointError::Io {
+            path: self.store.name_of(&key),
+            source,
+        };
+        if self
+            .store
+            .list("components")
+            .map_err(io_err)?
+            .iter()
+            .any(|n| *n == format!("{digest}.wasm"))
+        {
             return Ok(());
         }
-        let dir = self.dir.join("components");
-        std::fs::create_dir_all(&dir).map_err(io_err(&dir))?;
-        let tmp = dir.join(format!(".{digest}.tmp{}", std::process::id()));
-        std::fs::copy(component, &tmp).map_err(io_err(component))?;
-        std::fs::rename(&tmp, &path).map_err(io_err(&path))
+        let bytes = std::fs::read(component).map_err(|source| CheckpointError::Io {
+            path: component.to_owned(),
+            source,
+        })?;
+        self.store.make_dirs(&["components"]).map_err(io_err)?;
+        // Another writer of the same digest wrote the same bytes.
+        self.store
+            .create_unmarked(&key, &bytes)
+            .map_err(io_err)
+            .map(drop)
     }
 
-    /// Where the component with `digest` is kept (it may not be).
-    pub fn component(&self, digest: &str) -> PathBuf {
-        self.dir.join("components").join(format!("{digest}.wasm"))
-    }
-
-    /// The pid of the process owning the checkpoint in `dir`, if one does.
-    pub fn owner(dir: &Path) -> Option<u32> {
-        let path = dir.join("lock");
-        let file = File::open(&path).ok()?;
-        match file.try_lock_shared() {
-            Ok(()) => None,
-            Err(_) => std::fs::read_to_string(&path).ok()?.trim().parse().ok(),
+    /// A local file holding the kept component with `digest` (fetched into
+    /// the local directory when the checkpoint is remote); `None` if it is
+    /// not kept.
+    pub fn component(&self, digest: &str) -> Result<Option<PathBuf>> {
+        let key = component_key(digest);
+        let io_err = |source| CheckpointError::Io {
+            path: self.store.name_of(&key),
+            source,
+        };
+        match &self.store {
+            Store::Local(dir) => {
+                let path = dir.join(&key);
+                Ok(path.exists().then_some(path))
+            }
+            Store::Remote(_) => {
+                let path = self.local.join(&key);
+                if path.exists() {
+                    return Ok(Some(path));
+                }
+                let Some(bytes) = self.store.read(&key).map_err(io_err)? else {
+                    return Ok(None);
+                };
+                if hex::encode(Sha256::digest(&bytes)) != digest {
+                    return Err(CheckpointError::Corrupt {
+                        path: self.store.name_of(&key),
+                        reason: "its content does not hash to its name".into(),
+                    });
+                }
+                let local = Store::Local(self.local.clone());
+                local
+                    .make_dirs(&["components"])
+                    .and_then(|()| local.overwrite(&key, &bytes))
+                    .map_err(|source| CheckpointError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                Ok(Some(path))
+            }
         }
     }
 
-    /// The checkpoint directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
+    /// The digests of the kept components.
+    pub fn kept_components(&self) -> io::Result<Vec<String>> {
+        let names = self.store.list("components")?;
+        Ok(names
+            .iter()
+            .filter_map(|n| n.strip_suffix(".wasm"))
+            .filter(|d| d.len() == 64 && d.bytes().all(|b| b.is_ascii_hexdigit()))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Remove a kept component.
+    pub fn remove_component(&self, digest: &str) -> io::Result<bool> {
+        let key = component_key(digest);
+        self.store.remove(&key).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: {e}", self.store.name_of(&key).display()),
+            )
+        })
+    }
+
+    /// The batch ids in a log (any order; leftover temporary files skipped).
+    pub fn batch_ids(&self, log: Log) -> io::Result<Vec<u64>> {
+        Ok(self
+            .store
+            .list(log.name())?
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect())
+    }
+
+    /// Remove `log`'s file for batch `n` (retention); true if it was there.
+    pub fn remove(&self, log: Log, n: u64) -> io::Result<bool> {
+        let key = key(log, n);
+        self.store.remove(&key).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{}: {e}", self.store.name_of(&key).display()),
+            )
+        })
+    }
+
+    /// The oldest batch whose plan the checkpoint still holds (batches
+    /// before it were pruned by retention), if it holds any.
+    pub fn first_retained_plan(&self) -> io::Result<Option<u64>> {
+        Ok(self.batch_ids(Log::Offsets)?.into_iter().min())
     }
 
     /// Durably record the plan of a batch. Call before running its sink.
+    /// The plan of a batch is written once: finding one there means another
+    /// process planned it, and this one no longer owns the checkpoint.
     pub fn record_planned(&self, batch: &PlannedBatch) -> Result<()> {
-        self.write(Log::Offsets, batch.batch_id, batch)
+        self.create(Log::Offsets, batch.batch_id, batch)
     }
 
     /// Durably record that a batch is committed. Call after the tables.
     pub fn record_committed(&self, batch: &CommittedBatch) -> Result<()> {
-        self.write(Log::Commits, batch.batch_id, batch)
+        self.create(Log::Commits, batch.batch_id, batch)
+    }
+
+    /// Rewrite the commit record of a batch the tables lost and got back
+    /// (their versions changed).
+    pub fn record_healed(&self, batch: &CommittedBatch) -> Result<()> {
+        self.check_owned()?;
+        let key = key(Log::Commits, batch.batch_id);
+        self.store
+            .overwrite(&key, &encode(batch))
+            .map_err(|source| CheckpointError::Io {
+                path: self.store.name_of(&key),
+                source,
+            })
     }
 
     /// The plan of batch `n`, if recorded.
@@ -273,7 +566,10 @@ impl Checkpoint {
     pub fn resume(&self) -> Result<Resume> {
         let last_planned = self.last(Log::Offsets)?;
         let last_committed = self.last(Log::Commits)?;
-        let corrupt = |log: Log, n: u64, reason: String| CheckpointError::Corrupt { path: self.path(log, n), reason };
+        let corrupt = |log: Log, n: u64, reason: String| CheckpointError::Corrupt {
+            path: self.file(log, n),
+            reason,
+        };
         let Some(p) = last_planned else {
             return match last_committed {
                 None => Ok(Resume { last_committed: None, pending: Vec::new() }),
@@ -307,18 +603,49 @@ impl Checkpoint {
         Ok(Resume { last_committed: last_committed_record, pending })
     }
 
-    /// Move the offset and commit logs into `<dir>/<name>/` (kept, never
-    /// deleted) and start them empty, for `sluice checkpoint rebuild`.
-    pub fn set_logs_aside(&self, name: &str) -> Result<PathBuf> {
-        let aside = self.dir.join(name);
-        std::fs::create_dir_all(&aside).map_err(io_err(&aside))?;
-        for log in [Log::Offsets, Log::Commits] {
-            let (from, to) = (self.dir.join(log.name()), aside.join(log.name()));
-            std::fs::rename(&from, &to).map_err(io_err(&from))?;
-            std::fs::create_dir_all(&from).map_err(io_err(&from))?;
+    /// Move the offset and commit logs into `<checkpoint>/<name>/` (kept,
+    /// never deleted) and start them empty, for `sluice checkpoint rebuild`.
+    /// Returns where they went.
+    pub fn set_logs_aside(&self, name: &str) -> Result<String> {
+        self.check_owned()?;
+        match &self.store {
+            Store::Local(dir) => {
+                let io_err = |path: &Path| {
+                    let path = path.to_owned();
+                    move |source| CheckpointError::Io { path, source }
+                };
+                let aside = dir.join(name);
+                std::fs::create_dir_all(&aside).map_err(io_err(&aside))?;
+                for log in [Log::Offsets, Log::Commits] {
+                    let (from, to) = (dir.join(log.name()), aside.join(log.name()));
+                    std::fs::rename(&from, &to).map_err(io_err(&from))?;
+                    std::fs::create_dir_all(&from).map_err(io_err(&from))?;
+                }
+                File::open(dir)
+                    .and_then(|d| d.sync_all())
+                    .map_err(io_err(dir))?;
+                Ok(aside.display().to_string())
+            }
+            // No rename in object stores: copy each file, then remove it.
+            Store::Remote(_) => {
+                for log in [Log::Offsets, Log::Commits] {
+                    for n in self.batch_ids(log).map_err(|source| CheckpointError::Io {
+                        path: self.file(log, 0),
+                        source,
+                    })? {
+                        let (from, to) = (key(log, n), format!("{name}/{}", key(log, n)));
+                        let io_err = |source| CheckpointError::Io {
+                            path: self.store.name_of(&from),
+                            source,
+                        };
+                        let bytes = self.store.read(&from).map_err(io_err)?.unwrap_or_default();
+                        self.store.overwrite(&to, &bytes).map_err(io_err)?;
+                        self.store.remove(&from).map_err(io_err)?;
+                    }
+                }
+                Ok(self.location.join(name).to_string())
+            }
         }
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(io_err(&self.dir))?;
-        Ok(aside)
     }
 
     /// The highest planned batch id, if any.
@@ -331,46 +658,80 @@ impl Checkpoint {
         self.last(Log::Commits)
     }
 
-    fn path(&self, log: Log, n: u64) -> PathBuf {
-        self.dir.join(log.name()).join(n.to_string())
-    }
-
     /// The highest batch id in a log.
     fn last(&self, log: Log) -> Result<Option<u64>> {
-        let dir = self.dir.join(log.name());
+        let names = self
+            .store
+            .list(log.name())
+            .map_err(|source| CheckpointError::Io {
+                path: self.store.name_of(log.name()),
+                source,
+            })?;
         let mut last = None;
-        for entry in std::fs::read_dir(&dir).map_err(io_err(&dir))? {
-            let entry = entry.map_err(io_err(&dir))?;
-            let name = entry.file_name();
-            let name = name.to_string_lossy();
+        for name in names {
             if name.starts_with('.') {
                 continue; // a temporary file left by a crash mid-write
             }
             let Ok(n) = name.parse::<u64>() else {
-                return Err(CheckpointError::Corrupt { path: entry.path(), reason: "unexpected file in the checkpoint".into() });
+                let path = self.store.name_of(&format!("{}/{name}", log.name()));
+                return Err(CheckpointError::Corrupt {
+                    path,
+                    reason: "unexpected file in the checkpoint".into(),
+                });
             };
             last = last.max(Some(n));
         }
         Ok(last)
     }
 
-    fn write(&self, log: Log, n: u64, value: &impl Serialize) -> Result<()> {
-        let path = self.path(log, n);
-        if self.lock.is_none() {
-            let denied = io::Error::new(io::ErrorKind::PermissionDenied, "the checkpoint is open read-only");
-            return Err(io_err(&path)(denied));
+    fn create(&self, log: Log, n: u64, value: &impl Serialize) -> Result<()> {
+        self.check_owned()?;
+        let key = key(log, n);
+        let bytes = encode(value);
+        let created = self
+            .store
+            .create(&key, &bytes)
+            .map_err(|source| CheckpointError::Io {
+                path: self.store.name_of(&key),
+                source,
+            })?;
+        if created {
+            return Ok(());
         }
-        let body = serde_json::to_string(value).expect("checkpoint records serialise");
-        let text = format!("{MAGIC} sha256={}\n{body}\n", hex::encode(Sha256::digest(body.as_bytes())));
-        write_durably(&path, text.as_bytes()).map_err(io_err(&path))
+        // The same record again (a retried write whose first try landed) is
+        // no conflict; anything else was written by another owner.
+        if self.store.read(&key).ok().flatten().as_deref() == Some(&bytes[..]) {
+            return Ok(());
+        }
+        let why = format!(
+            "{} was written by another process",
+            self.store.name_of(&key).display()
+        );
+        Err(match &self.ownership {
+            Ownership::Lease(l) => CheckpointError::LeaseLost {
+                checkpoint: self.location.to_string(),
+                epoch: l.epoch(),
+                why,
+            },
+            _ => CheckpointError::Corrupt {
+                path: self.store.name_of(&key),
+                reason: format!("{why}, though this one owns the checkpoint"),
+            },
+        })
     }
 
     fn read<T: DeserializeOwned>(&self, log: Log, n: u64) -> Result<Option<T>> {
-        let path = self.path(log, n);
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&path)(e)),
+        let key = key(log, n);
+        let path = self.store.name_of(&key);
+        let Some(bytes) = self
+            .store
+            .read(&key)
+            .map_err(|source| CheckpointError::Io {
+                path: path.clone(),
+                source,
+            })?
+        else {
+            return Ok(None);
         };
         let corrupt = |reason: String| CheckpointError::Corrupt { path: path.clone(), reason };
         let text = String::from_utf8(bytes).map_err(|_| corrupt("not UTF-8 text".into()))?;
@@ -389,18 +750,23 @@ impl Checkpoint {
     }
 }
 
-/// Write to a temporary file, fsync, rename over `path`, fsync the directory.
-fn write_durably(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().expect("checkpoint files live in a directory");
-    let name = path.file_name().expect("a file name").to_string_lossy();
-    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
-    let mut f = File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    drop(f);
-    crate::failpoint::hit("in-checkpoint-write");
-    std::fs::rename(&tmp, path)?;
-    File::open(dir)?.sync_all()
+fn key(log: Log, n: u64) -> String {
+    format!("{}/{n}", log.name())
+}
+
+fn component_key(digest: &str) -> String {
+    format!("components/{digest}.wasm")
+}
+
+/// A record as a checkpoint file: the format line with the body's SHA-256,
+/// then the body.
+fn encode(value: &impl Serialize) -> Vec<u8> {
+    let body = serde_json::to_string(value).expect("checkpoint records serialise");
+    format!(
+        "{MAGIC} sha256={}\n{body}\n",
+        hex::encode(Sha256::digest(body.as_bytes()))
+    )
+    .into_bytes()
 }
 
 #[cfg(test)]

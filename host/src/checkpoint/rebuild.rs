@@ -28,7 +28,6 @@ use crate::config::PipelineConfig;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt;
-use std::path::PathBuf;
 
 /// Why the checkpoint cannot be rebuilt. Nothing was changed.
 #[derive(Debug, thiserror::Error)]
@@ -69,10 +68,10 @@ pub enum RebuildError {
 /// What a rebuild wrote.
 #[derive(Debug, Clone, Serialize)]
 pub struct RebuildReport {
-    /// The checkpoint directory.
-    pub checkpoint: PathBuf,
+    /// The checkpoint (a directory or a URL).
+    pub checkpoint: String,
     /// Where the old logs were moved, if there were any.
-    pub set_aside: Option<PathBuf>,
+    pub set_aside: Option<String>,
     /// Table → last batch it holds (`None`: none, or the table does not exist).
     pub tables: BTreeMap<String, Option<u64>>,
     /// Batches written to `commits/` (first, last).
@@ -85,7 +84,8 @@ pub struct RebuildReport {
 
 /// Rebuild the checkpoint of `config` from its tables.
 pub fn rebuild(config: &PipelineConfig) -> Result<RebuildReport, RebuildError> {
-    let committer = DeltaCommitter::new(&config.pipeline.id, config.tables.clone()).map_err(CommitError::Io)?;
+    let committer = DeltaCommitter::new(&config.pipeline.id, config.resolved_tables())
+        .map_err(CommitError::Io)?;
     let mut by_batch: BTreeMap<u64, BTreeMap<String, BatchCommit>> = BTreeMap::new();
     let mut tables = BTreeMap::new();
     for t in &config.tables {
@@ -127,16 +127,28 @@ pub fn rebuild(config: &PipelineConfig) -> Result<RebuildReport, RebuildError> {
         }
     }
 
-    let checkpoint = Checkpoint::open(&config.pipeline.checkpoint)?;
-    let had_logs = checkpoint.last_planned().unwrap_or(Some(0)).is_some() || checkpoint.last_committed().unwrap_or(Some(0)).is_some();
-    let set_aside = if had_logs { Some(checkpoint.set_logs_aside(&format!("replaced-{}", now_ms()))?) } else { None };
+    let checkpoint = Checkpoint::open_at(&config.checkpoint_place(), &mut |_| {})?;
+    let had_logs = checkpoint.last_planned().unwrap_or(Some(0)).is_some()
+        || checkpoint.last_committed().unwrap_or(Some(0)).is_some();
+    let set_aside = if had_logs {
+        Some(checkpoint.set_logs_aside(&format!("replaced-{}", now_ms()))?)
+    } else {
+        None
+    };
 
     let Some((&last, holders)) = by_batch.last_key_value() else {
         notes.push(format!(
             "no table holds a batch of pipeline `{}`: the checkpoint is empty, and the next run starts at source.starting_offsets",
             config.pipeline.id
         ));
-        return Ok(RebuildReport { checkpoint: checkpoint.dir().to_owned(), set_aside, tables, committed: None, pending: None, notes });
+        return Ok(RebuildReport {
+            checkpoint: checkpoint.location().to_string(),
+            set_aside,
+            tables,
+            committed: None,
+            pending: None,
+            notes,
+        });
     };
     // Half-committed: some tables that hold batches do not hold the last.
     let writers = tables.values().filter(|t| t.is_some()).count();
@@ -179,7 +191,7 @@ pub fn rebuild(config: &PipelineConfig) -> Result<RebuildReport, RebuildError> {
         }
     }
     Ok(RebuildReport {
-        checkpoint: checkpoint.dir().to_owned(),
+        checkpoint: checkpoint.location().to_string(),
         set_aside,
         tables,
         committed: last_committed.filter(|&l| l >= first).map(|l| (first, l)),
@@ -194,9 +206,13 @@ fn now_ms() -> u128 {
 
 impl fmt::Display for RebuildReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "rebuilt checkpoint {} from the tables' Delta logs", self.checkpoint.display())?;
+        writeln!(
+            f,
+            "rebuilt checkpoint {} from the tables' Delta logs",
+            self.checkpoint
+        )?;
         if let Some(aside) = &self.set_aside {
-            writeln!(f, "  the old offsets/ and commits/ are kept in {}", aside.display())?;
+            writeln!(f, "  the old offsets/ and commits/ are kept in {aside}")?;
         }
         for (t, last) in &self.tables {
             writeln!(f, "  table {t}: {}", last.map_or("no batch".to_owned(), |b| format!("batches up to {b}")))?;

@@ -20,7 +20,7 @@
 //! reported, never fatal, and a plan that cannot be read keeps every
 //! component (nothing is removed on a guess).
 
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, Log};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
 use std::io;
@@ -75,19 +75,24 @@ impl RetentionConfig {
         let mut pruned = Pruned::default();
         let Some(last) = checkpoint.last_committed().map_err(io::Error::other)? else { return Ok(pruned) };
         let first = self.first_kept(last);
-        let dir = checkpoint.dir();
         let mut old: BTreeSet<u64> = BTreeSet::new();
-        for log in ["commits", "offsets"] {
-            old.extend(batch_files(&dir.join(log))?.into_iter().filter(|&n| n < first));
+        for log in [Log::Commits, Log::Offsets] {
+            old.extend(
+                checkpoint
+                    .batch_ids(log)?
+                    .into_iter()
+                    .filter(|&n| n < first),
+            );
         }
         for n in old {
-            pruned.commits += remove(&dir.join("commits").join(n.to_string()))?;
-            pruned.plans += remove(&dir.join("offsets").join(n.to_string()))?;
+            pruned.commits += u64::from(checkpoint.remove(Log::Commits, n)?);
+            pruned.plans += u64::from(checkpoint.remove(Log::Offsets, n)?);
         }
         let first_attempts = self.first_attempts_kept(last);
-        for file in batch_files_with(&dir.join("attempts"), ".jsonl")? {
+        let attempts = checkpoint.attempts_dir().join("attempts");
+        for file in batch_files_with(&attempts, ".jsonl")? {
             if (file + 1) * BATCHES_PER_ATTEMPT_FILE <= first_attempts {
-                pruned.attempt_files += remove(&dir.join("attempts").join(format!("{file}.jsonl")))?;
+                pruned.attempt_files += remove(&attempts.join(format!("{file}.jsonl")))?;
             }
         }
         pruned.components = self.sweep_components(checkpoint, first, current_component)?;
@@ -95,24 +100,34 @@ impl RetentionConfig {
     }
 
     /// After `commits/N`: remove what batch `N` pushed out of retention.
-    /// Two unlinks at most per batch, off the sink's path.
+    /// Two removals at most per batch, off the sink's path.
     pub fn after_commit(&self, checkpoint: &Checkpoint, committed: u64) -> io::Result<Pruned> {
         let mut pruned = Pruned::default();
-        let dir = checkpoint.dir();
         if let Some(out) = self.first_kept(committed).checked_sub(1) {
-            pruned.commits += remove(&dir.join("commits").join(out.to_string()))?;
-            pruned.plans += remove(&dir.join("offsets").join(out.to_string()))?;
+            pruned.commits += u64::from(checkpoint.remove(Log::Commits, out)?);
+            pruned.plans += u64::from(checkpoint.remove(Log::Offsets, out)?);
         }
         // The newest attempt file wholly before the first kept batch.
-        if let Some(file) = (self.first_attempts_kept(committed) / BATCHES_PER_ATTEMPT_FILE).checked_sub(1) {
-            pruned.attempt_files += remove(&dir.join("attempts").join(format!("{file}.jsonl")))?;
+        if let Some(file) =
+            (self.first_attempts_kept(committed) / BATCHES_PER_ATTEMPT_FILE).checked_sub(1)
+        {
+            pruned.attempt_files += remove(
+                &checkpoint
+                    .attempts_dir()
+                    .join("attempts")
+                    .join(format!("{file}.jsonl")),
+            )?;
         }
         Ok(pruned)
     }
 
     /// Remove kept components that no kept plan names.
-    fn sweep_components(&self, checkpoint: &Checkpoint, first: u64, current: &str) -> io::Result<u64> {
-        let dir = checkpoint.dir().join("components");
+    fn sweep_components(
+        &self,
+        checkpoint: &Checkpoint,
+        first: u64,
+        current: &str,
+    ) -> io::Result<u64> {
         let mut named = BTreeSet::from([current.to_owned()]);
         let last = checkpoint.last_planned().map_err(io::Error::other)?.unwrap_or(0);
         for n in first..=last {
@@ -126,32 +141,13 @@ impl RetentionConfig {
             }
         }
         let mut removed = 0;
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
-            Err(e) => return Err(e),
-        };
-        for entry in entries {
-            let entry = entry?;
-            let name = entry.file_name();
-            let Some(digest) = name.to_str().and_then(|n| n.strip_suffix(".wasm")) else { continue };
-            if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit()) && !named.contains(digest) {
-                removed += remove(&entry.path())?;
+        for digest in checkpoint.kept_components()? {
+            if !named.contains(&digest) {
+                removed += u64::from(checkpoint.remove_component(&digest)?);
             }
         }
         Ok(removed)
     }
-}
-
-/// The oldest batch whose plan the checkpoint in `dir` still holds (batches
-/// before it were pruned by retention), if it holds any.
-pub fn first_retained_plan(dir: &Path) -> io::Result<Option<u64>> {
-    Ok(batch_files(&dir.join("offsets"))?.into_iter().min())
-}
-
-/// The batch ids named by the files of a log directory.
-fn batch_files(dir: &Path) -> io::Result<Vec<u64>> {
-    batch_files_with(dir, "")
 }
 
 /// The numbers `N` of files named `N<suffix>` in `dir` (none if it is missing).
@@ -202,7 +198,7 @@ mod tests {
     }
 
     fn ids(dir: &Path, log: &str) -> Vec<u64> {
-        let mut v = batch_files(&dir.join(log)).unwrap();
+        let mut v = batch_files_with(&dir.join(log), "").unwrap();
         v.sort_unstable();
         v
     }
@@ -230,16 +226,37 @@ mod tests {
         assert_eq!(ids(tmp.path(), "offsets"), (25..=30).collect::<Vec<_>>(), "the last 5 committed and the pending one");
         assert_eq!(ids(tmp.path(), "commits"), (25..30).collect::<Vec<_>>());
         let resume = cp.resume().unwrap();
-        assert_eq!((resume.last_committed.unwrap().batch_id, resume.pending.len()), (29, 1), "a restart is unaffected");
-        assert_eq!(first_retained_plan(tmp.path()).unwrap(), Some(25));
+        assert_eq!(
+            (
+                resume.last_committed.unwrap().batch_id,
+                resume.pending.len()
+            ),
+            (29, 1),
+            "a restart is unaffected"
+        );
+        assert_eq!(cp.first_retained_plan().unwrap(), Some(25));
 
         // Kept plans name `a` (25, 26), `b` and `c`; `e` is configured.
         let policy = RetentionConfig { batches: 2, attempt_batches: 1 };
         let pruned = policy.sweep(&cp, &"e".repeat(64)).unwrap();
-        assert_eq!(pruned, Pruned { plans: 3, commits: 3, attempt_files: 0, components: 1 });
-        assert!(!cp.component(&"a".repeat(64)).exists(), "no kept plan names `a`");
+        assert_eq!(
+            pruned,
+            Pruned {
+                plans: 3,
+                commits: 3,
+                attempt_files: 0,
+                components: 1
+            }
+        );
+        assert!(
+            cp.component(&"a".repeat(64)).unwrap().is_none(),
+            "no kept plan names `a`"
+        );
         for c in ["b", "c", "e"] {
-            assert!(cp.component(&c.repeat(64)).exists(), "component {c} is needed");
+            assert!(
+                cp.component(&c.repeat(64)).unwrap().is_some(),
+                "component {c} is needed"
+            );
         }
         assert_eq!(attempt_log::read(tmp.path(), 3).len(), 1, "its file also holds batch 29's attempts");
     }

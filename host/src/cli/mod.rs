@@ -237,12 +237,31 @@ pub fn main() -> ExitCode {
 fn run(args: RunArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
     let id = config.pipeline.id.clone();
-    let mut pipeline = match Pipeline::open(config, args.config.display().to_string()) {
-        Ok(p) => p,
-        Err(e) => return Ok(failed(&e)),
+    let checkpoint = config.pipeline.checkpoint.clone();
+    let mut on_standby = |event: sluice::checkpoint::lease::Standby<'_>| match event {
+        sluice::checkpoint::lease::Standby::Waiting(l) => eprintln!(
+            "sluice: standby: checkpoint {checkpoint} is held by {} (lease epoch {}, {} ms); taking over if it is released \
+             or not renewed for {} ms",
+            l.owner, l.epoch, l.lease_ms, l.lease_ms
+        ),
+        sluice::checkpoint::lease::Standby::Took(epoch) => {
+            eprintln!("sluice: took the lease on checkpoint {checkpoint} (epoch {epoch})")
+        }
     };
+    let mut pipeline =
+        match Pipeline::open_as_standby(config, args.config.display().to_string(), &mut on_standby)
+        {
+            Ok(p) => p,
+            Err(e) => return Ok(failed(&e)),
+        };
     stop_on_signals(pipeline.stop_flag())?;
-    eprintln!("sluice: pipeline {id}: running component {}", &pipeline.component_digest()[..16]);
+    if let Some(epoch) = pipeline.epoch() {
+        eprintln!("sluice: pipeline {id}: owner of checkpoint {checkpoint} (lease epoch {epoch})");
+    }
+    eprintln!(
+        "sluice: pipeline {id}: running component {}",
+        &pipeline.component_digest()[..16]
+    );
     match pipeline.run(|e| report_event(e, "")) {
         Ok(summary) => {
             let last = summary.last_committed.map_or("none".to_owned(), |b| b.to_string());
@@ -256,8 +275,18 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     }
 }
 
+/// Print a pipeline error. Exit code 4: this process lost its lease (another
+/// owns the pipeline now; a supervisor may start it again as a standby);
+/// 2: the config breaks a rule (as for config errors found on loading);
+/// 1: any other failure.
 fn failed(e: &sluice::pipeline::PipelineError) -> ExitCode {
     eprintln!("error: {e}");
+    if e.lost_lease() {
+        return ExitCode::from(4);
+    }
+    if matches!(e, sluice::pipeline::PipelineError::Config { .. }) {
+        return ExitCode::from(2);
+    }
     if let sluice::pipeline::PipelineError::BatchFailed { failure, .. } = e {
         if let Some(dir) = &failure.kept_scratch {
             eprintln!("  /staging of the last attempt kept at {}", dir.display());
@@ -363,7 +392,11 @@ fn print_report(report: &(impl serde::Serialize + std::fmt::Display), json: bool
 fn batch_show(args: BatchShowArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
     let Some(info) = sluice::tools::batch_show::show(&config, args.batch)? else {
-        let first_kept = sluice::checkpoint::retention::first_retained_plan(&config.pipeline.checkpoint).ok().flatten();
+        let first_kept =
+            sluice::checkpoint::Checkpoint::open_read_only_at(&config.checkpoint_place())
+                .and_then(|cp| Ok(cp.first_retained_plan().ok().flatten()))
+                .ok()
+                .flatten();
         if let Some(first_kept) = first_kept.filter(|&f| args.batch < f) {
             bail!("batch {} is no longer in the checkpoint: plans before batch {first_kept} were pruned (retention.batches)", args.batch);
         }

@@ -31,6 +31,7 @@ mod last_per_key;
 
 use crate::output::{BatchOutput, StagedOp, StagedRows, WriteMode};
 use crate::source::records::SourceRange;
+use crate::storage::{Location, StorageOptions};
 use arrow_array::RecordBatch;
 use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
 use deltalake::kernel::transaction::CommitProperties;
@@ -39,7 +40,6 @@ use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use url::Url;
 
@@ -105,8 +105,13 @@ fn yes() -> bool {
 pub struct TableConfig {
     /// The name sinks stage to.
     pub name: String,
-    /// The table's directory.
-    pub path: PathBuf,
+    /// Where the table is: a local directory or an object-store URL.
+    pub path: Location,
+    /// Object-store options for this table, over the pipeline's
+    /// `storage_options`. Never serialised (bundles, digests): they may
+    /// hold secrets.
+    #[serde(default, skip_serializing)]
+    pub storage_options: StorageOptions,
     /// The schema, used to create the table and to check rows.
     pub columns: Vec<ColumnConfig>,
     /// Key columns (for upserts and reconciliation).
@@ -206,6 +211,28 @@ pub enum CommitError {
         /// The batch it held before.
         expected: i64,
     },
+    /// This process lost ownership of the pipeline before committing.
+    #[error("table `{table}`: nothing was committed: {why}")]
+    NotOwner {
+        /// Table.
+        table: String,
+        /// Why (the lease error).
+        why: String,
+    },
+    /// A newer owner of the pipeline has fenced the table: this process's
+    /// lease epoch is stale.
+    #[error(
+        "table `{table}` was taken over by lease epoch {fenced_by} of this pipeline; this process holds epoch {epoch} \
+         and lost its lease. Nothing was committed"
+    )]
+    Fenced {
+        /// Table.
+        table: String,
+        /// The epoch recorded in the table.
+        fenced_by: u64,
+        /// This process's epoch.
+        epoch: u64,
+    },
     /// Delta or the storage under it failed.
     #[error("table `{table}` at {path}: {source}")]
     Delta {
@@ -230,7 +257,19 @@ pub struct DeltaCommitter {
     /// The last batch each table was seen holding: a table found holding
     /// less later lost commits ([`CommitError::Behind`]).
     seen: Mutex<BTreeMap<String, i64>>,
+    /// The lease epoch this process writes under, when the checkpoint is
+    /// remote (see [`DeltaCommitter::fence_tables`]).
+    epoch: Option<u64>,
     runtime: tokio::runtime::Runtime,
+}
+
+/// Called just before each table's commit: `Err` (why) when this process
+/// may no longer commit.
+pub type Guard<'a> = &'a (dyn Fn() -> Result<(), String> + Sync);
+
+/// A guard that always allows (tools without ownership to lose).
+pub fn unguarded() -> Result<(), String> {
+    Ok(())
 }
 
 /// What ran to produce a batch output: recorded in each table's commit so a
@@ -388,7 +427,85 @@ impl DeltaCommitter {
             existing: BTreeSet::new(),
             open: Mutex::default(),
             seen: Mutex::default(),
+            epoch: None,
             runtime,
+        })
+    }
+
+    /// Commit under lease `epoch`: a table fenced by a later epoch refuses
+    /// this process's commits.
+    pub fn with_epoch(mut self, epoch: Option<u64>) -> Self {
+        self.epoch = epoch;
+        self
+    }
+
+    /// The table property recording the newest lease epoch of this
+    /// pipeline that has written the table.
+    fn epoch_property(&self) -> String {
+        format!("sluice.{}.leaseEpoch", self.app_id)
+    }
+
+    /// The lease epoch recorded in `table` (0 when none).
+    fn table_epoch(&self, t: &TableConfig, table: &DeltaTable) -> Result<u64, CommitError> {
+        if table.version().is_none() {
+            return Ok(0);
+        }
+        let snapshot = table.snapshot().map_err(delta_err(t))?;
+        Ok(snapshot
+            .metadata()
+            .configuration()
+            .get(&self.epoch_property())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0))
+    }
+
+    /// On taking over the pipeline: record this process's epoch in every
+    /// table (one metadata-only commit per table, skipped where it is
+    /// recorded already). A commit by an older owner that was in flight
+    /// conflicts with it (Delta refuses a commit whose snapshot predates a
+    /// metadata change), and any later one finds the newer epoch in the
+    /// table and is refused before it is written. Returns the tables
+    /// fenced now.
+    pub fn fence_tables(&self, guard: Guard<'_>) -> Result<Vec<String>, CommitError> {
+        let Some(epoch) = self.epoch else {
+            return Ok(Vec::new());
+        };
+        self.runtime.block_on(async {
+            let mut fenced = Vec::new();
+            for t in &self.tables {
+                let open = self.latest(t).await?;
+                let recorded = self.table_epoch(t, &open.table)?;
+                if recorded > epoch {
+                    return Err(CommitError::Fenced {
+                        table: t.name.clone(),
+                        fenced_by: recorded,
+                        epoch,
+                    });
+                }
+                if recorded == epoch || open.table.version().is_none() {
+                    self.keep(t, open);
+                    continue;
+                }
+                guard().map_err(|why| CommitError::NotOwner {
+                    table: t.name.clone(),
+                    why,
+                })?;
+                let props = CommitProperties::default().with_metadata([(
+                    "sluice".to_owned(),
+                    serde_json::json!({ "pipeline_id": self.app_id, "lease_epoch": epoch }),
+                )]);
+                let table = open
+                    .table
+                    .set_tbl_properties()
+                    .with_properties([(self.epoch_property(), epoch.to_string())].into())
+                    .with_raise_if_not_exists(false)
+                    .with_commit_properties(props)
+                    .await
+                    .map_err(delta_err(t))?;
+                self.keep(t, OpenTable { table, txn: None });
+                fenced.push(t.name.clone());
+            }
+            Ok(fenced)
         })
     }
 
@@ -474,11 +591,12 @@ impl DeltaCommitter {
     fn read_log(&self, table: &str) -> Result<Option<(u64, Vec<(u64, Option<bytes::Bytes>)>)>, CommitError> {
         let t = self.tables.iter().find(|t| t.name == table).ok_or_else(|| CommitError::UnknownTable(table.to_owned()))?;
         self.runtime.block_on(async {
-            if !t.path.join("_delta_log").is_dir() {
+            let Some(table) = load_existing(t).await? else {
                 return Ok(None);
-            }
-            let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
-            let Some(latest) = table.version() else { return Ok(None) };
+            };
+            let Some(latest) = table.version() else {
+                return Ok(None);
+            };
             let store = table.log_store();
             let mut entries = Vec::new();
             for version in 0..=latest {
@@ -497,7 +615,7 @@ impl DeltaCommitter {
     /// recording no provenance (tests and tools; the pipeline uses
     /// [`commit_with`](Self::commit_with)).
     pub fn commit(&self, output: &BatchOutput) -> Result<BTreeMap<String, u64>, CommitError> {
-        self.commit_with(output, &Provenance::default(), None)
+        self.commit_with(output, &Provenance::default(), None, &unguarded)
     }
 
     /// Commit `output` to every declared table (or, with `only`, to those
@@ -509,6 +627,7 @@ impl DeltaCommitter {
         output: &BatchOutput,
         provenance: &Provenance,
         only: Option<&BTreeSet<String>>,
+        guard: Guard<'_>,
     ) -> Result<BTreeMap<String, u64>, CommitError> {
         if let Some(op) = output.ops.iter().find(|op| !self.tables.iter().any(|t| t.name == op.table)) {
             return Err(CommitError::UnknownTable(op.table.clone()));
@@ -536,7 +655,11 @@ impl DeltaCommitter {
             }
             let last = todo.len().saturating_sub(1);
             for (i, (t, write, open)) in todo.into_iter().enumerate() {
-                versions.insert(t.name.clone(), self.commit_table(t, open, write, output, provenance).await?);
+                versions.insert(
+                    t.name.clone(),
+                    self.commit_table(t, open, write, output, provenance, guard)
+                        .await?,
+                );
                 if i < last {
                     crate::failpoint::hit("between-table-commits");
                 }
@@ -571,12 +694,16 @@ impl DeltaCommitter {
     }
 
     async fn describe_table(&self, t: &TableConfig) -> Result<Option<TableState>, CommitError> {
-        if !t.path.join("_delta_log").is_dir() {
+        let Some(table) = load_existing(t).await? else {
             return Ok(None);
-        }
-        let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
-        let Some(version) = table.version() else { return Ok(None) };
-        Ok(Some(TableState { version, last_batch: self.txn_version(t, &table).await? }))
+        };
+        let Some(version) = table.version() else {
+            return Ok(None);
+        };
+        Ok(Some(TableState {
+            version,
+            last_batch: self.txn_version(t, &table).await?,
+        }))
     }
 
     /// Every commit of `table` still in its log, read without creating the
@@ -629,7 +756,20 @@ impl DeltaCommitter {
             // A log cut back below the version held (a restore, a lost
             // write) must be read afresh: an update only looks past that
             // version (and refuses a log older than it). One stat.
-            let held = open.table.version().is_none_or(|v| t.path.join("_delta_log").join(format!("{v:020}.json")).exists());
+            let held = match (open.table.version(), &t.path) {
+                (None, _) => true,
+                (Some(v), Location::Local(dir)) => dir
+                    .join("_delta_log")
+                    .join(format!("{v:020}.json"))
+                    .exists(),
+                (Some(v), Location::Remote(_)) => open
+                    .table
+                    .log_store()
+                    .read_commit_entry(v)
+                    .await
+                    .map_err(delta_err(t))?
+                    .is_some(),
+            };
             if held {
                 open.table.update_incremental(None).await.map_err(delta_err(t))?;
                 return Ok(open);
@@ -717,8 +857,30 @@ impl DeltaCommitter {
         write: Prepared,
         output: &BatchOutput,
         provenance: &Provenance,
+        guard: Guard<'_>,
     ) -> Result<u64, CommitError> {
         let batch_id = output.batch.batch_id as i64;
+        // The fence: ownership first (the lease), then the table's own
+        // record of the newest owner. Delta's txn check stays the last line.
+        if let Some(epoch) = self.epoch {
+            let recorded = self.table_epoch(t, &open.table)?;
+            if recorded > epoch {
+                self.keep(t, open);
+                return Err(CommitError::Fenced {
+                    table: t.name.clone(),
+                    fenced_by: recorded,
+                    epoch,
+                });
+            }
+        }
+        if let Err(why) = guard() {
+            self.keep(t, open);
+            return Err(CommitError::NotOwner {
+                table: t.name.clone(),
+                why,
+            });
+        }
+        crate::failpoint::hit("before-table-commit");
         let table = open.table;
         let metadata = serde_json::json!({
             "pipeline_id": output.batch.pipeline_id,
@@ -731,36 +893,58 @@ impl DeltaCommitter {
             "records": output.records_in,
             // What this transaction writes (upserts: one row per key), for `sluice reconcile`.
             "rows": write.rows(),
+            "lease_epoch": self.epoch,
         });
         let props = CommitProperties::default()
             .with_application_transaction(Transaction::new(&self.app_id, batch_id))
             .with_metadata([("sluice".to_owned(), metadata)]);
-        let table = match write {
-            Prepared::Append(batches) => table
-                .write(batches)
-                .with_save_mode(SaveMode::Append)
-                .with_commit_properties(props)
-                .await
-                .map_err(delta_err(t))?,
-            Prepared::Upsert { keys, batches } => {
-                let ctx = deltalake::datafusion::prelude::SessionContext::new();
-                let source = ctx.read_batches(batches).map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
-                let predicate = keys.iter().map(|k| format!("target.`{k}` = source.`{k}`")).collect::<Vec<_>>().join(" AND ");
-                let columns: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
-                let (table, _metrics) = table
-                    .merge(source, predicate)
-                    .with_source_alias("source")
-                    .with_target_alias("target")
-                    .when_matched_update(|u| columns.iter().fold(u, |u, c| u.update(format!("`{c}`"), format!("source.`{c}`"))))
-                    .and_then(|m| {
-                        m.when_not_matched_insert(|i| columns.iter().fold(i, |i, c| i.set(format!("`{c}`"), format!("source.`{c}`"))))
-                    })
-                    .map_err(delta_err(t))?
+        let written: Result<DeltaTable, CommitError> = async {
+            Ok(match write {
+                Prepared::Append(batches) => table
+                    .write(batches)
+                    .with_save_mode(SaveMode::Append)
                     .with_commit_properties(props)
                     .await
-                    .map_err(delta_err(t))?;
-                table
-            }
+                    .map_err(delta_err(t))?,
+                Prepared::Upsert { keys, batches } => {
+                    let ctx = deltalake::datafusion::prelude::SessionContext::new();
+                    let source = ctx
+                        .read_batches(batches)
+                        .map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
+                    let predicate = keys
+                        .iter()
+                        .map(|k| format!("target.`{k}` = source.`{k}`"))
+                        .collect::<Vec<_>>()
+                        .join(" AND ");
+                    let columns: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
+                    let (table, _metrics) = table
+                        .merge(source, predicate)
+                        .with_source_alias("source")
+                        .with_target_alias("target")
+                        .when_matched_update(|u| {
+                            columns.iter().fold(u, |u, c| {
+                                u.update(format!("`{c}`"), format!("source.`{c}`"))
+                            })
+                        })
+                        .and_then(|m| {
+                            m.when_not_matched_insert(|i| {
+                                columns.iter().fold(i, |i, c| {
+                                    i.set(format!("`{c}`"), format!("source.`{c}`"))
+                                })
+                            })
+                        })
+                        .map_err(delta_err(t))?
+                        .with_commit_properties(props)
+                        .await
+                        .map_err(delta_err(t))?;
+                    table
+                }
+            })
+        }
+        .await;
+        let table = match written {
+            Ok(table) => table,
+            Err(e) => return Err(self.fenced_or(t, e).await),
         };
         let version = table.version();
         // The commit carries txn(app, N): no need to read it back.
@@ -770,15 +954,62 @@ impl DeltaCommitter {
     }
 }
 
-fn delta_err(t: &TableConfig) -> impl FnOnce(DeltaTableError) -> CommitError + '_ {
-    move |source| CommitError::Delta { table: t.name.clone(), path: t.path.display().to_string(), source: Box::new(source) }
+impl DeltaCommitter {
+    /// A commit failed: if a newer owner fenced the table meanwhile (Delta
+    /// refused the commit because the fence changed the table's metadata
+    /// after this commit's snapshot), say so; otherwise the error itself.
+    async fn fenced_or(&self, t: &TableConfig, e: CommitError) -> CommitError {
+        let Some(epoch) = self.epoch else { return e };
+        let Ok(table) = load(t).await else { return e };
+        match self.table_epoch(t, &table) {
+            Ok(recorded) if recorded > epoch => CommitError::Fenced {
+                table: t.name.clone(),
+                fenced_by: recorded,
+                epoch,
+            },
+            _ => e,
+        }
+    }
 }
 
+fn delta_err(t: &TableConfig) -> impl FnOnce(DeltaTableError) -> CommitError + '_ {
+    move |source| CommitError::Delta {
+        table: t.name.clone(),
+        path: t.path.to_string(),
+        source: Box::new(source),
+    }
+}
+
+/// The table's URL; a local table's directory is created first.
 fn table_url(t: &TableConfig) -> Result<Url, CommitError> {
-    let path = std::path::absolute(&t.path).map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
-    std::fs::create_dir_all(&path).map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
-    Url::from_directory_path(&path)
-        .map_err(|()| CommitError::Schema { table: t.name.clone(), what: format!("path {} is not a usable directory", path.display()) })
+    crate::storage::register_backends();
+    if let Location::Local(dir) = &t.path {
+        std::fs::create_dir_all(dir).map_err(|e| delta_err(t)(DeltaTableError::from(e)))?;
+    }
+    t.path.url().map_err(|e| CommitError::Schema {
+        table: t.name.clone(),
+        what: format!("path {}: {e}", t.path),
+    })
+}
+
+/// The table at its latest version, through its own storage options (a
+/// table that does not exist yet has no version).
+async fn load(t: &TableConfig) -> Result<DeltaTable, CommitError> {
+    DeltaTable::try_from_url_with_storage_options(table_url(t)?, t.storage_options.to_map())
+        .await
+        .map_err(delta_err(t))
+}
+
+/// The table, if it exists, without creating anything (a local table's
+/// directory is not made either).
+async fn load_existing(t: &TableConfig) -> Result<Option<DeltaTable>, CommitError> {
+    if let Location::Local(dir) = &t.path
+        && !dir.join("_delta_log").is_dir()
+    {
+        return Ok(None);
+    }
+    let table = load(t).await?;
+    Ok(table.version().is_some().then_some(table))
 }
 
 /// How many versions back to look for a batch's commit.
@@ -867,10 +1098,13 @@ fn log_entry(version: u64, bytes: &[u8], app_id: &str) -> LogEntry {
 /// exist (when `may_create`), and check that an existing table has that
 /// schema.
 async fn open_or_create(t: &TableConfig, may_create: bool) -> Result<DeltaTable, CommitError> {
-    let table = DeltaTable::try_from_url(table_url(t)?).await.map_err(delta_err(t))?;
+    let table = load(t).await?;
     if table.version().is_none() {
         if !may_create {
-            return Err(CommitError::Missing { table: t.name.clone(), path: t.path.display().to_string() });
+            return Err(CommitError::Missing {
+                table: t.name.clone(),
+                path: t.path.to_string(),
+            });
         }
         let columns: Vec<StructField> = t
             .columns

@@ -142,7 +142,7 @@ pub fn check(
                 version: h.version,
                 holds,
                 pipeline: pipeline.to_owned(),
-                checkpoint: checkpoint.dir().to_owned(),
+                checkpoint: checkpoint.location().to_string().into(),
                 knows,
                 config: config.to_owned(),
             });

@@ -29,7 +29,8 @@ pub mod agreement;
 pub mod metrics;
 
 use crate::checkpoint::attempt_log::{self, AttemptRecord, Outcome};
-use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, PlannedBatch};
+use crate::checkpoint::lease::Standby;
+use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, Log, PlannedBatch};
 use crate::commit::{CommitError, DeltaCommitter, Provenance};
 use crate::pipeline::agreement::{AgreementError, Heal};
 use crate::config::{PipelineConfig, Trigger};
@@ -53,9 +54,21 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Why the pipeline stopped with an error.
 #[derive(Debug, thiserror::Error)]
 pub enum PipelineError {
-    /// The checkpoint is unusable (owned by another process, corrupt, I/O).
+    /// The checkpoint is unusable (owned by another process, corrupt, I/O),
+    /// or this process lost its lease on it.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// The config breaks a rule checked before running (the durability
+    /// rule: tables in object storage, checkpoint on local disk).
+    #[error("config {path}: `{key}`: {message}")]
+    Config {
+        /// The config file.
+        path: String,
+        /// The key.
+        key: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The tables and the checkpoint disagree in a way sluice does not heal.
     #[error(transparent)]
     Agreement(#[from] AgreementError),
@@ -117,6 +130,23 @@ pub enum PipelineError {
     /// A half-committed batch would be finished under a changed config.
     #[error(transparent)]
     ConfigChanged(Box<ConfigChanged>),
+}
+
+impl PipelineError {
+    /// Whether this process stopped because it lost its lease on the
+    /// checkpoint (another owns the pipeline now).
+    pub fn lost_lease(&self) -> bool {
+        matches!(
+            self,
+            PipelineError::Checkpoint(CheckpointError::LeaseLost { .. })
+        ) || matches!(
+            self,
+            PipelineError::Commit {
+                source: CommitError::NotOwner { .. } | CommitError::Fenced { .. },
+                ..
+            }
+        )
+    }
 }
 
 /// A half-committed batch would be finished under a changed config the
@@ -291,15 +321,42 @@ impl Pipeline {
     /// Take ownership of the checkpoint, load the sink, check the tables and
     /// connect to Kafka, in that order: a second `sluice run` on the same
     /// checkpoint is refused before it touches anything.
-    pub fn open(config: PipelineConfig, config_path: impl Into<String>) -> Result<Self, PipelineError> {
-        let checkpoint = Checkpoint::open(&config.pipeline.checkpoint)?;
+    pub fn open(
+        config: PipelineConfig,
+        config_path: impl Into<String>,
+    ) -> Result<Self, PipelineError> {
+        Self::open_as_standby(config, config_path, &mut |_| {})
+    }
+
+    /// [`open`](Self::open), telling `on_standby` who holds the lease while
+    /// this process waits for a remote checkpoint's owner to stop or die.
+    pub fn open_as_standby(
+        config: PipelineConfig,
+        config_path: impl Into<String>,
+        on_standby: &mut dyn FnMut(Standby<'_>),
+    ) -> Result<Self, PipelineError> {
+        let config_path = config_path.into();
+        config
+            .check_durability()
+            .map_err(|(key, message)| PipelineError::Config {
+                path: config_path.clone(),
+                key,
+                message,
+            })?;
+        let checkpoint = Checkpoint::open_at(&config.checkpoint_place(), on_standby)?;
         let resume = checkpoint.resume()?;
         let ends = match &resume.last_committed {
             Some(c) => {
-                let planned = checkpoint.planned(c.batch_id)?.ok_or_else(|| CheckpointError::Corrupt {
-                    path: checkpoint.dir().join("offsets").join(c.batch_id.to_string()),
-                    reason: format!("batch {} is committed but its plan is missing", c.batch_id),
-                })?;
+                let planned =
+                    checkpoint
+                        .planned(c.batch_id)?
+                        .ok_or_else(|| CheckpointError::Corrupt {
+                            path: checkpoint.file(Log::Offsets, c.batch_id),
+                            reason: format!(
+                                "batch {} is committed but its plan is missing",
+                                c.batch_id
+                            ),
+                        })?;
                 range_ends(&planned.ranges)
             }
             None => BTreeMap::new(),
@@ -326,17 +383,34 @@ impl Pipeline {
             eprintln!("sluice: warning: checkpoint retention: {e}");
         }
 
-        let commit_err = |source| PipelineError::Commit { batch_id: next, source };
-        let existing = resume.last_committed.iter().flat_map(|c| c.table_versions.keys().cloned());
-        let committer = DeltaCommitter::new(&config.pipeline.id, config.tables.clone())
+        let commit_err = |source| PipelineError::Commit {
+            batch_id: next,
+            source,
+        };
+        let existing = resume
+            .last_committed
+            .iter()
+            .flat_map(|c| c.table_versions.keys().cloned());
+        let committer = DeltaCommitter::new(&config.pipeline.id, config.resolved_tables())
             .map_err(|e| commit_err(CommitError::Io(e)))?
-            .expect_existing(existing.collect::<Vec<_>>());
+            .expect_existing(existing.collect::<Vec<_>>())
+            .with_epoch(checkpoint.epoch());
         committer.ensure_tables().map_err(commit_err)?;
+        // A new owner of a remote checkpoint fences every table first, so
+        // nothing the previous owner still has in flight can land after.
+        committer
+            .fence_tables(&|| checkpoint.check_owned().map_err(|e| e.to_string()))
+            .map_err(commit_err)?;
         // The table is the truth: compare each with the checkpoint before
         // anything runs.
         let holdings = committer.holdings(FIND_COMMIT_DEPTH).map_err(commit_err)?;
-        let config_path = config_path.into();
-        let heals = agreement::check(&checkpoint, &resume, &holdings, &config.pipeline.id, &config_path)?;
+        let heals = agreement::check(
+            &checkpoint,
+            &resume,
+            &holdings,
+            &config.pipeline.id,
+            &config_path,
+        )?;
 
         let source = KafkaSource::connect(config.source_for(None))?;
 
@@ -364,6 +438,11 @@ impl Pipeline {
     /// Set this flag to stop after the current batch.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
+    }
+
+    /// The lease epoch this process holds, when the checkpoint is remote.
+    pub fn epoch(&self) -> Option<u64> {
+        self.checkpoint.epoch()
     }
 
     /// The SHA-256 of the sink component batches are planned with.
@@ -395,6 +474,16 @@ impl Pipeline {
         let mut last_start: Option<Instant> = None;
         let mut ran: Option<Box<Ran>> = None;
         loop {
+            // A lost lease stops the pipeline at once, even when idle.
+            if let Err(e) = self.checkpoint.check_owned() {
+                if let Some(r) = ran.take() {
+                    eprintln!(
+                        "sluice: batch {} ran but is not committed: this process no longer owns the pipeline",
+                        r.planned.batch_id
+                    );
+                }
+                return Err(e.into());
+            }
             let committing = ran.take();
             // Run ahead only a new plan that is due now: batches left by an
             // earlier run are re-run one at a time, after the check of step 2,
@@ -656,7 +745,16 @@ impl Pipeline {
         let sink = if digest == self.sink.digest() {
             self.sink.clone()
         } else {
-            let kept = self.checkpoint.component(&digest);
+            let not_kept = || {
+                cannot(
+                    format!(
+                        "the component that committed it ({}) is not kept in the checkpoint",
+                        short(&digest)
+                    ),
+                    "; or configure that component for this run".into(),
+                )
+            };
+            let kept = self.checkpoint.component(&digest)?.ok_or_else(not_kept)?;
             self.runtime.load(&kept).map_err(|e| {
                 cannot(
                     format!("the component that committed it ({}) cannot be loaded from {}: {e}", short(&digest), kept.display()),
@@ -701,11 +799,20 @@ impl Pipeline {
         };
         let versions = self
             .committer
-            .commit_with(&output, &provenance, Some(&tables))
-            .map_err(|source| PipelineError::Commit { batch_id: n, source })?;
+            .commit_with(&output, &provenance, Some(&tables), &|| {
+                self.checkpoint.check_owned().map_err(|e| e.to_string())
+            })
+            .map_err(|source| PipelineError::Commit {
+                batch_id: n,
+                source,
+            })?;
         committed.table_versions.extend(versions.clone());
-        self.checkpoint.record_committed(&committed)?;
-        if self.last_committed.as_ref().is_some_and(|c| c.batch_id == n) {
+        self.checkpoint.record_healed(&committed)?;
+        if self
+            .last_committed
+            .as_ref()
+            .is_some_and(|c| c.batch_id == n)
+        {
             self.last_committed = Some(committed);
         }
         on_event(&Event::Healed { batch_id: n, tables: versions, records: output.records_in });
@@ -816,8 +923,11 @@ impl Pipeline {
     /// Record an attempt for `sluice batch show`. Diagnostics only: a
     /// failure to write it is reported, not fatal.
     fn note_attempt(&self, record: &AttemptRecord) {
-        if let Err(e) = attempt_log::write(self.checkpoint.dir(), record) {
-            eprintln!("sluice: warning: cannot record attempt {} of batch {}: {e}", record.attempt, record.batch_id);
+        if let Err(e) = attempt_log::write(self.checkpoint.attempts_dir(), record) {
+            eprintln!(
+                "sluice: warning: cannot record attempt {} of batch {}: {e}",
+                record.attempt, record.batch_id
+            );
         }
     }
 
@@ -882,8 +992,13 @@ fn commit_batch(committer: &DeltaCommitter, checkpoint: &Checkpoint, source: &Ka
     let Ran { planned, provenance, output, attempts, started, check, sink } = ran;
     let commit_started = Instant::now();
     let versions = committer
-        .commit_with(&output, &provenance, None)
-        .map_err(|source| PipelineError::Commit { batch_id: planned.batch_id, source })?;
+        .commit_with(&output, &provenance, None, &|| {
+            checkpoint.check_owned().map_err(|e| e.to_string())
+        })
+        .map_err(|source| PipelineError::Commit {
+            batch_id: planned.batch_id,
+            source,
+        })?;
     let commit = commit_started.elapsed();
     crate::failpoint::hit("after-table-commits");
     let report = BatchReport {

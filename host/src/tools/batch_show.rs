@@ -26,12 +26,16 @@ pub struct BatchInfo {
 
 /// Gather what the checkpoint holds about batch `n`; `None` if never planned.
 pub fn show(config: &PipelineConfig, n: u64) -> Result<Option<BatchInfo>, CheckpointError> {
-    let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
-    let Some(planned) = checkpoint.planned(n)? else { return Ok(None) };
-    let (attempts, unreadable_attempts) = attempt_log::read(checkpoint.dir(), n).into_iter().partition::<Vec<_>, _>(Result::is_ok);
+    let checkpoint = Checkpoint::open_read_only_at(&config.checkpoint_place())?;
+    let Some(planned) = checkpoint.planned(n)? else {
+        return Ok(None);
+    };
+    let (attempts, unreadable_attempts) = attempt_log::read(checkpoint.attempts_dir(), n)
+        .into_iter()
+        .partition::<Vec<_>, _>(Result::is_ok);
     Ok(Some(BatchInfo {
         batch_id: n,
-        component_kept: checkpoint.component(&planned.component_digest).exists(),
+        component_kept: checkpoint.component(&planned.component_digest)?.is_some(),
         committed: checkpoint.committed(n)?,
         planned,
         attempts: attempts.into_iter().flatten().collect(),

@@ -146,8 +146,13 @@ pub fn run(options: &DemoOptions, on_event: impl FnMut(&Event)) -> Result<DemoSu
     let run = pipeline.run(on_event)?;
     drop(pipeline);
 
-    let committer = DeltaCommitter::new(&config.pipeline.id, config.tables.clone()).map_err(|e| DemoError::Read(e.to_string()))?;
-    let read = |sql: &str| committer.query("orders", sql).map_err(|e| DemoError::Read(e.to_string()));
+    let committer = DeltaCommitter::new(&config.pipeline.id, config.resolved_tables())
+        .map_err(|e| DemoError::Read(e.to_string()))?;
+    let read = |sql: &str| {
+        committer
+            .query("orders", sql)
+            .map_err(|e| DemoError::Read(e.to_string()))
+    };
     let counts = read("SELECT count(*) AS n, count(DISTINCT order_id) AS d FROM t")?;
     let count = |key: &str| counts.first().and_then(|r| r[key].as_u64()).unwrap_or(0);
     let statuses = read("SELECT order_id, status FROM t")?;
@@ -166,7 +171,7 @@ pub fn run(options: &DemoOptions, on_event: impl FnMut(&Event)) -> Result<DemoSu
         distinct_orders: count("d"),
         latest_status_rows,
         config: config_path,
-        table: table.path,
+        table: table.path.local().map(|p| p.to_owned()).unwrap_or_default(),
         metrics,
     })
 }

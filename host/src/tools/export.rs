@@ -12,9 +12,16 @@ use std::path::Path;
 /// Export batch `n` of the pipeline to `out`. With `with_component`, the
 /// component whose output was committed (the planned one for a batch not
 /// committed yet) goes in too, so the bundle replays with nothing else.
-pub fn export(config: &PipelineConfig, n: u64, out: &Path, with_component: bool) -> Result<Manifest, ReplayError> {
-    let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
-    let planned = checkpoint.planned(n)?.ok_or_else(|| ReplayError::missing(&checkpoint, n))?;
+pub fn export(
+    config: &PipelineConfig,
+    n: u64,
+    out: &Path,
+    with_component: bool,
+) -> Result<Manifest, ReplayError> {
+    let checkpoint = Checkpoint::open_read_only_at(&config.checkpoint_place())?;
+    let planned = checkpoint
+        .planned(n)?
+        .ok_or_else(|| ReplayError::missing(&checkpoint, n))?;
     let committed = checkpoint.committed(n)?;
     // The component whose output was committed (see `commits/N`).
     let ran = committed.as_ref().and_then(|c| c.component_digest.clone()).unwrap_or_else(|| planned.component_digest.clone());
@@ -42,8 +49,13 @@ pub fn export(config: &PipelineConfig, n: u64, out: &Path, with_component: bool)
 
 /// The bytes of the component with `digest`: kept in the checkpoint, or
 /// the configured one if it is still that component.
-fn planned_component(config: &PipelineConfig, checkpoint: &Checkpoint, digest: &str) -> Result<Vec<u8>, ReplayError> {
-    for path in [checkpoint.component(digest), config.pipeline.component.clone()] {
+fn planned_component(
+    config: &PipelineConfig,
+    checkpoint: &Checkpoint,
+    digest: &str,
+) -> Result<Vec<u8>, ReplayError> {
+    let kept = checkpoint.component(digest)?;
+    for path in kept.into_iter().chain([config.pipeline.component.clone()]) {
         if let Ok(bytes) = std::fs::read(&path)
             && hex::encode(Sha256::digest(&bytes)) == digest
         {

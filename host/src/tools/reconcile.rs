@@ -142,9 +142,13 @@ pub struct ReconcileOptions {
 }
 
 /// Reconcile the pipeline's checkpoint, Kafka and tables.
-pub fn reconcile(config: &PipelineConfig, options: &ReconcileOptions) -> Result<ReconcileReport, ReconcileError> {
-    let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
-    let committer = DeltaCommitter::new(&config.pipeline.id, config.tables.clone()).map_err(CommitError::Io)?;
+pub fn reconcile(
+    config: &PipelineConfig,
+    options: &ReconcileOptions,
+) -> Result<ReconcileReport, ReconcileError> {
+    let checkpoint = Checkpoint::open_read_only_at(&config.checkpoint_place())?;
+    let committer = DeltaCommitter::new(&config.pipeline.id, config.resolved_tables())
+        .map_err(CommitError::Io)?;
     let mut r = ReconcileReport {
         pipeline_id: config.pipeline.id.clone(),
         last_committed: checkpoint.last_committed()?,
@@ -188,10 +192,20 @@ pub fn reconcile(config: &PipelineConfig, options: &ReconcileOptions) -> Result<
 /// Every plan the checkpoint keeps, in order; a missing one is a gap.
 /// Plans before the first kept one were pruned by `retention.batches`:
 /// their batches are reported as not checked.
-fn read_plans(checkpoint: &Checkpoint, options: &ReconcileOptions, r: &mut ReconcileReport) -> Result<Vec<PlannedBatch>, CheckpointError> {
-    let Some(last) = checkpoint.last_planned()? else { return Ok(Vec::new()) };
-    let first = crate::checkpoint::retention::first_retained_plan(checkpoint.dir())
-        .map_err(|source| CheckpointError::Io { path: checkpoint.dir().join("offsets"), source })?
+fn read_plans(
+    checkpoint: &Checkpoint,
+    options: &ReconcileOptions,
+    r: &mut ReconcileReport,
+) -> Result<Vec<PlannedBatch>, CheckpointError> {
+    let Some(last) = checkpoint.last_planned()? else {
+        return Ok(Vec::new());
+    };
+    let first = checkpoint
+        .first_retained_plan()
+        .map_err(|source| CheckpointError::Io {
+            path: checkpoint.location().join("offsets").to_string().into(),
+            source,
+        })?
         .unwrap_or(0);
     // Only a problem when the check asked for them (`--last K` beyond the kept ones).
     let asked = options.last.map_or(0, |k| r.last_committed.map_or(0, |c| (c + 1).saturating_sub(k)));

@@ -82,8 +82,11 @@ pub enum ReplayError {
 impl ReplayError {
     /// Batch `n` has no plan: never planned, or pruned by retention.
     pub fn missing(checkpoint: &Checkpoint, n: u64) -> Self {
-        match crate::checkpoint::retention::first_retained_plan(checkpoint.dir()) {
-            Ok(Some(first_kept)) if n < first_kept => ReplayError::Pruned { batch_id: n, first_kept },
+        match checkpoint.first_retained_plan() {
+            Ok(Some(first_kept)) if n < first_kept => ReplayError::Pruned {
+                batch_id: n,
+                first_kept,
+            },
             _ => ReplayError::NotPlanned(n),
         }
     }
@@ -287,8 +290,10 @@ fn rebuild_committed(
 
 /// The batch as the checkpoint recorded it, with its records from Kafka.
 fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayError> {
-    let checkpoint = Checkpoint::open_read_only(&config.pipeline.checkpoint)?;
-    let planned = checkpoint.planned(n)?.ok_or_else(|| ReplayError::missing(&checkpoint, n))?;
+    let checkpoint = Checkpoint::open_read_only_at(&config.checkpoint_place())?;
+    let planned = checkpoint
+        .planned(n)?
+        .ok_or_else(|| ReplayError::missing(&checkpoint, n))?;
     let committed = checkpoint.committed(n)?;
     let mut notes = Vec::new();
     let ran_config = committed.as_ref().and_then(|c| c.config_digest.as_deref()).unwrap_or(&planned.config_digest);
@@ -297,9 +302,14 @@ fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayEr
     }
     // The component whose output was committed: the planned one, unless it
     // changed before any table held the batch (then commits/N names it).
-    let ran = committed.as_ref().and_then(|c| c.component_digest.clone()).unwrap_or_else(|| planned.component_digest.clone());
-    let kept = checkpoint.component(&ran);
-    let planned_component = if kept.exists() { Some(Component::read(&kept)?) } else { None };
+    let ran = committed
+        .as_ref()
+        .and_then(|c| c.component_digest.clone())
+        .unwrap_or_else(|| planned.component_digest.clone());
+    let planned_component = match checkpoint.component(&ran)? {
+        Some(kept) => Some(Component::read(&kept)?),
+        None => None,
+    };
     let spec = BatchSpec {
         pipeline_id: config.pipeline.id.clone(),
         batch_id: n,

@@ -5,7 +5,8 @@
 //! watermarks for lag. A part that cannot be read is reported as such; the
 //! rest is still shown.
 
-use crate::checkpoint::{Checkpoint, CommittedBatch, PlannedBatch};
+use crate::checkpoint::lease::LeaseRecord;
+use crate::checkpoint::{Checkpoint, CommittedBatch, Holder, PlannedBatch};
 use crate::commit::{DeltaCommitter, TableState};
 use crate::config::PipelineConfig;
 use crate::pipeline::range_ends;
@@ -18,10 +19,14 @@ use std::fmt;
 pub struct Status {
     /// Pipeline id.
     pub pipeline: String,
-    /// The checkpoint directory.
+    /// The checkpoint: a directory or a URL.
     pub checkpoint: String,
-    /// The pid of the `sluice run` owning the checkpoint, if one is running.
+    /// Where it lives: "local disk", "S3", "Azure", …
+    pub checkpoint_kind: String,
+    /// The pid of the `sluice run` owning a local checkpoint, if one is running.
     pub running_pid: Option<u32>,
+    /// The lease on a remote checkpoint, if one was ever taken.
+    pub lease: Option<LeaseRecord>,
     /// The last committed batch.
     pub last_committed: Option<CommittedBatch>,
     /// Planned batches not yet committed (in progress, or to be re-run), oldest first.
@@ -54,8 +59,10 @@ pub struct PartitionStatus {
 pub struct TableStatus {
     /// Name.
     pub name: String,
-    /// Directory.
+    /// Directory or URL.
     pub path: String,
+    /// Where it lives: "local disk", "S3", "Azure", …
+    pub kind: String,
     /// Version and last batch; `None` if the table does not exist (yet).
     pub state: Option<TableState>,
 }
@@ -64,9 +71,9 @@ impl Status {
     /// Gather the status of the pipeline `config` describes.
     pub fn gather(config: &PipelineConfig) -> Self {
         let mut errors = Vec::new();
-        let dir = &config.pipeline.checkpoint;
+        let place = config.checkpoint_place();
         let (mut last_committed, mut pending, mut ends) = (None, Vec::new(), Default::default());
-        match Checkpoint::open_read_only(dir).and_then(|cp| {
+        match Checkpoint::open_read_only_at(&place).and_then(|cp| {
             let resume = cp.resume()?;
             let ends = match &resume.last_committed {
                 Some(c) => cp.planned(c.batch_id)?.map(|p| range_ends(&p.ranges)).unwrap_or_default(),
@@ -107,15 +114,28 @@ impl Status {
             }
         }
 
+        let (running_pid, lease) = match Checkpoint::holder(&place) {
+            Some(Holder::Pid(pid)) => (Some(pid), None),
+            Some(Holder::Lease(l)) => (None, Some(l)),
+            None => (None, None),
+        };
         let mut tables = Vec::new();
-        match DeltaCommitter::new(&config.pipeline.id, config.tables.clone()) {
+        match DeltaCommitter::new(&config.pipeline.id, config.resolved_tables()) {
             Ok(committer) => {
-                for (t, state) in config.tables.iter().zip(committer.describe().into_values()) {
-                    let state = state.unwrap_or_else(|e| {
-                        errors.push(e.to_string());
-                        None
+                let mut states = committer.describe();
+                for t in &config.tables {
+                    let state = states.remove(&t.name).and_then(|s| {
+                        s.unwrap_or_else(|e| {
+                            errors.push(e.to_string());
+                            None
+                        })
                     });
-                    tables.push(TableStatus { name: t.name.clone(), path: t.path.display().to_string(), state });
+                    tables.push(TableStatus {
+                        name: t.name.clone(),
+                        path: t.path.to_string(),
+                        kind: t.path.kind().into(),
+                        state,
+                    });
                 }
             }
             Err(e) => errors.push(format!("cannot start the Delta client: {e}")),
@@ -123,8 +143,10 @@ impl Status {
 
         Status {
             pipeline: config.pipeline.id.clone(),
-            checkpoint: dir.display().to_string(),
-            running_pid: Checkpoint::owner(dir),
+            checkpoint: place.location.to_string(),
+            checkpoint_kind: place.location.kind().into(),
+            running_pid,
+            lease,
             last_committed,
             pending,
             partitions,
@@ -136,10 +158,32 @@ impl Status {
 
 impl fmt::Display for Status {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "pipeline {}  (checkpoint {})", self.pipeline, self.checkpoint)?;
-        match self.running_pid {
-            Some(pid) => writeln!(f, "  running: yes, pid {pid}")?,
-            None => writeln!(f, "  running: no")?,
+        writeln!(
+            f,
+            "pipeline {}  (checkpoint {}, on {})",
+            self.pipeline, self.checkpoint, self.checkpoint_kind
+        )?;
+        match (&self.running_pid, &self.lease) {
+            (Some(pid), _) => writeln!(f, "  running: yes, pid {pid}")?,
+            (None, Some(l)) if l.released => writeln!(
+                f,
+                "  running: no (lease epoch {} released by {})",
+                l.epoch, l.owner
+            )?,
+            (None, Some(l)) => {
+                let ago = (now_ms() - l.renewed_at_ms).max(0);
+                let state = if ago as u64 > l.lease_ms {
+                    "expired: a standby or the next run takes over"
+                } else {
+                    "held"
+                };
+                writeln!(
+                    f,
+                    "  lease: epoch {}, owner {}, renewed {ago} ms ago, lasts {} ms ({state})",
+                    l.epoch, l.owner, l.lease_ms
+                )?
+            }
+            (None, None) => writeln!(f, "  running: no")?,
         }
         match &self.last_committed {
             Some(c) => writeln!(f, "  last committed batch: {} (output {})", c.batch_id, &c.output_digest[..c.output_digest.len().min(16)])?,
@@ -167,13 +211,18 @@ impl fmt::Display for Status {
             match &t.state {
                 Some(s) => writeln!(
                     f,
-                    "    {}: version {}, last batch {}  ({})",
+                    "    {}: version {}, last batch {}  ({}, on {})",
                     t.name,
                     s.version,
                     s.last_batch.map_or("none".to_owned(), |b| b.to_string()),
-                    t.path
+                    t.path,
+                    t.kind
                 )?,
-                None => writeln!(f, "    {}: not created yet  ({})", t.name, t.path)?,
+                None => writeln!(
+                    f,
+                    "    {}: not created yet  ({}, on {})",
+                    t.name, t.path, t.kind
+                )?,
             }
         }
         for e in &self.errors {
@@ -181,4 +230,10 @@ impl fmt::Display for Status {
         }
         Ok(())
     }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
