@@ -89,11 +89,13 @@ test: setup $(TANSU) $(READER_VENV)/.installed polyglot-guests object-servers
 		cargo test --release --locked -p sluice -p sluice-sdk
 
 # Benchmarks, printing figures (not run as tests).
-bench: setup
+bench: setup $(SERVERS_STAMP)
 	cargo bench --locked --bench runtime
 	cargo bench --locked --bench pipeline
+	SLUICE_MOTO=$(MOTO) cargo bench --locked --bench object_store
 
 # The benchmarks at a tiny size, to check they still run.
-bench-smoke: setup
+bench-smoke: setup $(SERVERS_STAMP)
 	SLUICE_BENCH_RECORDS=20000 cargo bench --locked --bench runtime
 	SLUICE_BENCH_RECORDS=20000 cargo bench --locked --bench pipeline
+	SLUICE_MOTO=$(MOTO) SLUICE_BENCH_RECORDS=5000 cargo bench --locked --bench object_store

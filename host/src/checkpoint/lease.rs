@@ -96,12 +96,14 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
-    /// Take the lease on the checkpoint in `blobs`, waiting as a standby
-    /// while another live process holds it (`on_standby` is told once per
-    /// owner seen).
+    /// Take the lease on the checkpoint in `blobs`. While another process
+    /// holds it: with `standby`, wait until it is released or expires
+    /// (`on_standby` is told once per owner seen); without, wait only to see
+    /// whether it is renewed, and refuse if it is (the owner is alive).
     pub fn acquire(
         blobs: Arc<Blobs>,
         lease_ms: u64,
+        standby: bool,
         on_standby: OnStandby<'_>,
     ) -> Result<Lease, CheckpointError> {
         let owner = owner_id();
@@ -119,6 +121,12 @@ impl Lease {
                     let stale = match &watched {
                         Some((v, since, ms)) if *v == version => {
                             since.elapsed() >= Duration::from_millis(*ms)
+                        }
+                        Some(_) if !standby => {
+                            return Err(CheckpointError::Locked {
+                                dir: blobs.url_of("").into(),
+                                holder: format!(" (lease epoch {} renewed just now by {})", record.epoch, record.owner),
+                            });
                         }
                         _ => {
                             watched = Some((version.clone(), started, record.lease_ms));

@@ -283,14 +283,15 @@ impl Checkpoint {
     }
 
     /// Open the checkpoint at `place` and take ownership: the file lock of
-    /// a local one, or the lease of a remote one, waiting as a standby while
-    /// a live process holds it (`on_standby` is told who).
-    pub fn open_at(place: &Place, on_standby: OnStandby<'_>) -> Result<Self> {
+    /// a local one, or the lease of a remote one. With `standby`, wait while
+    /// a live process holds the lease (`on_standby` is told who); without,
+    /// refuse as for a local lock.
+    pub fn open_at(place: &Place, standby: bool, on_standby: OnStandby<'_>) -> Result<Self> {
         match &place.location {
             Location::Local(dir) => Self::open(dir.clone()),
             Location::Remote(url) => {
                 let blobs = Arc::new(Self::blobs(place, url)?);
-                let lease = Lease::acquire(blobs.clone(), place.lease_ms, on_standby)?;
+                let lease = Lease::acquire(blobs.clone(), place.lease_ms, standby, on_standby)?;
                 Ok(Self {
                     location: place.location.clone(),
                     store: Store::Remote(blobs),

@@ -127,7 +127,7 @@ pub fn rebuild(config: &PipelineConfig) -> Result<RebuildReport, RebuildError> {
         }
     }
 
-    let checkpoint = Checkpoint::open_at(&config.checkpoint_place(), &mut |_| {})?;
+    let checkpoint = Checkpoint::open_at(&config.checkpoint_place(), false, &mut |_| {})?;
     let had_logs = checkpoint.last_planned().unwrap_or(Some(0)).is_some()
         || checkpoint.last_committed().unwrap_or(Some(0)).is_some();
     let set_aside = if had_logs {

@@ -343,7 +343,7 @@ impl Pipeline {
                 key,
                 message,
             })?;
-        let checkpoint = Checkpoint::open_at(&config.checkpoint_place(), on_standby)?;
+        let checkpoint = Checkpoint::open_at(&config.checkpoint_place(), true, on_standby)?;
         let resume = checkpoint.resume()?;
         let ends = match &resume.last_committed {
             Some(c) => {
