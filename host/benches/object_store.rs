@@ -59,17 +59,60 @@ impl Moto {
         assert!(reply.starts_with("HTTP/1.1 200"), "create bucket: {reply}");
     }
 
-    /// The requests logged so far: (method, path).
+    /// The requests logged so far: (method, path). The log colours some
+    /// lines: escape sequences are dropped.
     fn requests(&self) -> Vec<(String, String)> {
         let text = std::fs::read_to_string(&self.log).unwrap();
         text.lines()
             .filter_map(|line| {
                 let request = line.split('"').nth(1)?;
+                let request = strip_escapes(request);
                 let mut parts = request.split(' ');
                 Some((parts.next()?.to_owned(), parts.next()?.to_owned()))
             })
             .collect()
     }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`).
+fn strip_escapes(text: &str) -> String {
+    let mut out = String::new();
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A request's shape: its path with numbers as `N` and data file names
+/// as `*.parquet`, so the requests of all batches group together.
+fn shape(method: &str, path: &str) -> String {
+    let path = match path.find("part-") {
+        Some(i) if path.ends_with(".parquet") => format!("{}*.parquet", &path[..i]),
+        _ => path.to_owned(),
+    };
+    let mut out = String::new();
+    let mut in_number = false;
+    for c in path.chars() {
+        if c.is_ascii_digit() {
+            if !in_number {
+                out.push('N');
+            }
+            in_number = true;
+        } else {
+            in_number = false;
+            out.push(c);
+        }
+    }
+    format!("{method} {out}")
 }
 
 impl Drop for Moto {
@@ -149,23 +192,6 @@ fn run(config: &Path, n: usize) -> Run {
     Run { total, batches: summary.batches as usize, periods, commits }
 }
 
-/// What an S3 request was for, from its path.
-fn purpose(method: &str, path: &str) -> &'static str {
-    let list = path.contains("list-type=") || path.contains("?prefix=") || path.contains("&prefix=");
-    match () {
-        _ if path.contains("/checkpoint/lease") => "lease (take, renew, release)",
-        _ if path.contains("/checkpoint/offsets/") => "checkpoint offsets/N",
-        _ if path.contains("/checkpoint/commits/") => "checkpoint commits/N",
-        _ if path.contains("/checkpoint/components/") || path.contains("components") => "checkpoint components",
-        _ if path.contains("/checkpoint") && list => "checkpoint listings",
-        _ if path.contains("_delta_log") && method == "PUT" => "Delta commit (put-if-absent)",
-        _ if path.contains("_delta_log") || list => "Delta log reads and listings",
-        _ if path.ends_with(".parquet") && method == "PUT" => "Parquet data file writes",
-        _ if path.ends_with(".parquet") => "Parquet reads",
-        _ => "other",
-    }
-}
-
 fn main() {
     let n: usize = std::env::var("SLUICE_BENCH_RECORDS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
     let per_batch = (n / 50).max(1) as u64;
@@ -202,12 +228,18 @@ fn main() {
         rate(&s3) / rate(&local),
         ms(extra)
     );
-    let mut by: BTreeMap<(&str, String), usize> = BTreeMap::new();
+    let mut by: BTreeMap<String, usize> = BTreeMap::new();
     for (method, path) in requests {
-        *by.entry((purpose(method, path), method.clone())).or_default() += 1;
+        *by.entry(shape(method, path)).or_default() += 1;
     }
-    println!("S3 requests: {} in all, {:.1} per batch (including the start: table creation, lease, fence)", requests.len(), requests.len() as f64 / s3.batches as f64);
-    for ((what, method), count) in &by {
-        println!("  {:>7.2} per batch  {method:<6} {what}", *count as f64 / s3.batches as f64);
+    let mut by: Vec<(String, usize)> = by.into_iter().collect();
+    by.sort_by(|a, b| b.1.cmp(&a.1));
+    println!(
+        "S3 requests: {} in all, {:.1} per batch (the start's table creation, lease and fence included), by shape:",
+        requests.len(),
+        requests.len() as f64 / s3.batches as f64
+    );
+    for (shape, count) in by.iter().take(14) {
+        println!("  {:>6.2} per batch  {shape}", *count as f64 / s3.batches as f64);
     }
 }

@@ -547,3 +547,48 @@ fn two_writers_creating_one_object_on_the_s3_server_exactly_one_wins() {
     assert!(writers[1].replace("offsets/0", b"stale", &v1).unwrap().is_none(), "a stale If-Match is refused");
     assert_eq!(writers[1].get("offsets/0").unwrap().unwrap().0, b"next");
 }
+
+#[test]
+fn a_moved_remote_checkpoint_is_refused_rebuilt_from_the_bucket_and_continued_and_rebuild_refuses_a_live_owner() {
+    let broker = Broker::start();
+    broker.create_topic("events", 2);
+    produce(&broker.bootstrap, "events", 2, &ids(0..300));
+    let s3 = S3Server::start();
+    let mut place = Place::s3(&s3, "lake");
+    let dir = tempfile::tempdir().unwrap();
+    let config = remote_config(dir.path(), "host", &broker.bootstrap, 50, &place, "trigger = \"available_now\"");
+    let (code, stdout, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // The config now points at an empty checkpoint prefix: the tables are
+    // ahead of it, and nothing runs until it is rebuilt from them.
+    place.checkpoint = "s3://lake/checkpoints/moved".into();
+    let config = remote_config(dir.path(), "host", &broker.bootstrap, 50, &place, "trigger = \"available_now\"");
+    produce(&broker.bootstrap, "events", 2, &ids(300..400));
+    let (code, stdout, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stdout}{stderr}");
+    assert!(stderr.contains("the table is ahead of the checkpoint") && stderr.contains("sluice checkpoint rebuild"), "{stderr}");
+    let (code, stdout, stderr) = sluice_output(&["checkpoint", "rebuild", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("rebuilt checkpoint s3://lake/checkpoints/moved from the tables' Delta logs"), "{stdout}");
+    assert!(stdout.contains("committed batches 0..=5"), "{stdout}");
+    let (code, stdout, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    place.assert_exactly_once(&ids(0..400));
+
+    // While an owner runs (and renews its lease), a rebuild is refused.
+    let live = remote_config(dir.path(), "live", &broker.bootstrap, 50, &place, "trigger = \"continuous\"\nlease_ms = 1000");
+    let mut owner = Host::start("live", &live, &[]);
+    // Running (its signal handlers are in place once it says so).
+    assert!(owner.wait_for("running component", Duration::from_secs(60)).is_some(), "{}", owner.output());
+    let (code, stdout, stderr) = sluice_output(&["checkpoint", "rebuild", live.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stdout}{stderr}");
+    assert!(
+        stderr.contains("checkpoint s3://lake/checkpoints/moved is in use by another sluice process (lease epoch")
+            && stderr.contains("only one `sluice run` may own a checkpoint"),
+        "{stderr}"
+    );
+    owner.signal("-TERM");
+    assert_eq!(owner.exit_code(Duration::from_secs(60)), Some(0), "{}", owner.output());
+    place.assert_exactly_once(&ids(0..400));
+}

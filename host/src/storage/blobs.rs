@@ -61,7 +61,8 @@ impl Blobs {
 
     /// The URL of `key`, for messages.
     pub fn url_of(&self, key: &str) -> String {
-        format!("{}/{key}", self.url.as_str().trim_end_matches('/'))
+        let base = self.url.as_str().trim_end_matches('/');
+        if key.is_empty() { base.to_owned() } else { format!("{base}/{key}") }
     }
 
     /// The object at `key` and its version; `None` if there is none.
