@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{PARTITIONS, TOPIC, guest, ms, percentile, produce};
+use common::{PARTITIONS, TOPIC, ms, percentile, produce};
 use rdkafka::mocking::MockCluster;
 use sluice::config::PipelineConfig;
 use sluice::pipeline::{Event, Pipeline};
@@ -123,42 +123,8 @@ impl Drop for Moto {
 }
 
 fn config(dir: &Path, bootstrap: &str, max_records: u64, checkpoint: &str, table: &str, options: &str) -> PathBuf {
-    let text = format!(
-        r#"[pipeline]
-id = "bench"
-component = "{component}"
-checkpoint = "{checkpoint}"
-storage_options = {options}
-scratch = "scratch"
-cache = "cache"
-trigger = "available_now"
-
-[source]
-bootstrap_servers = "{bootstrap}"
-topics = ["{TOPIC}"]
-max_records_per_batch = {max_records}
-
-[[tables]]
-name = "events"
-path = "{table}"
-columns = [
-  {{ name = "topic", type = "string" }},
-  {{ name = "partition", type = "integer" }},
-  {{ name = "offset", type = "long" }},
-  {{ name = "timestamp_ms", type = "long" }},
-  {{ name = "key", type = "string" }},
-  {{ name = "value", type = "string" }},
-]
-
-[limits]
-fuel = 1000000000000
-"#,
-        component = guest("append_events").display()
-    );
-    std::fs::create_dir_all(dir).unwrap();
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    let place = format!("checkpoint = \"{checkpoint}\"\nstorage_options = {options}\nscratch = \"scratch\"\ncache = \"cache\"");
+    common::config(dir, bootstrap, "append_events", max_records, &place, table)
 }
 
 /// One run: the whole topic, with the batch periods and commit times.

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{PARTITIONS, TOPIC, guest, ms, percentile, produce};
+use common::{PARTITIONS, TOPIC, ms, percentile, produce, record};
 
 const BATCH_RECORDS: u64 = 100_000;
 
@@ -125,38 +125,7 @@ fn write_only(dir: &Path, batches: Vec<RecordBatch>) -> Duration {
 }
 
 fn config(dir: &Path, bootstrap: &str, component: &str, max_records: u64) -> PathBuf {
-    let text = format!(
-        r#"[pipeline]
-id = "bench"
-component = "{component}"
-checkpoint = "checkpoint"
-trigger = "available_now"
-
-[source]
-bootstrap_servers = "{bootstrap}"
-topics = ["{TOPIC}"]
-max_records_per_batch = {max_records}
-
-[[tables]]
-name = "events"
-path = "events"
-columns = [
-  {{ name = "topic", type = "string" }},
-  {{ name = "partition", type = "integer" }},
-  {{ name = "offset", type = "long" }},
-  {{ name = "timestamp_ms", type = "long" }},
-  {{ name = "key", type = "string" }},
-  {{ name = "value", type = "string" }},
-]
-
-[limits]
-fuel = 1000000000000
-"#,
-        component = guest(component).display()
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    common::config(dir, bootstrap, component, max_records, "checkpoint = \"checkpoint\"", "events")
 }
 
 /// One sink's end-to-end run over the whole topic.

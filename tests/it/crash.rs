@@ -13,7 +13,7 @@ use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 /// The steps of a batch's life, in order; `:n` is the n-th time a run
 /// reaches it (`in-checkpoint-write:1` is the offsets file of the first
@@ -113,15 +113,11 @@ fn kill_minus_9_at_every_step_and_at_random_then_every_id_is_in_every_table_exac
 
     // Random moments: a small xorshift generator, seeded from the clock and
     // printed, so a failure can be rerun with the same kills.
-    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    eprintln!("crash test: random kill seed {seed}");
+    let mut random = Seeded::from_clock("crash test: kill moments");
     let mut random_kills = 0;
     let started = Instant::now();
     while random_kills < 8 && started.elapsed() < Duration::from_secs(120) {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        let after = Duration::from_millis(30 + seed % 300);
+        let after = Duration::from_millis(30 + random.next() % 300);
         let (outcome, stderr) = run_once(&config, None, Some(after));
         runs += 1;
         match outcome {
@@ -244,14 +240,8 @@ fn kill_minus_9_with_tables_rolled_back_and_configs_changed_between_restarts_los
     let mut current = 0;
     let config = write(current);
 
-    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    eprintln!("crash test (weather): seed {seed}, {runs_wanted} runs");
-    let mut next = || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut random = Seeded::from_clock(&format!("crash test (weather), {runs_wanted} runs"));
+    let mut next = || random.next();
     let (mut runs, mut kills, mut rollbacks, mut changes, mut refusals) = (0, 0, 0, 0, 0);
     let refused = |stderr: &str| stderr.contains("the config changed since it ran") || stderr.contains("cannot be re-run");
     let mut finished = false;

@@ -217,10 +217,23 @@ bootstrap_servers = "{bootstrap}"
 topics = ["{topic}"]
 max_records_per_batch = {max_records}
 fetch_timeout_ms = 20000
+{tables}"#,
+        component = guest("fan-out").display(),
+        tables = fan_out_tables("tables"),
+    );
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
 
+/// The `[[tables]]` of the `fan-out` sink, `events` and `audit`, under
+/// `base` (a directory relative to the config, or an object-store URL).
+pub fn fan_out_tables(base: &str) -> String {
+    format!(
+        r#"
 [[tables]]
 name = "events"
-path = "tables/events"
+path = "{base}/events"
 columns = [
   {{ name = "id", type = "string", nullable = false }},
   {{ name = "topic", type = "string" }},
@@ -230,14 +243,32 @@ columns = [
 
 [[tables]]
 name = "audit"
-path = "tables/audit"
+path = "{base}/audit"
 columns = [{{ name = "id", type = "string" }}, {{ name = "batch_id", type = "long" }}]
-"#,
-        component = guest("fan-out").display()
-    );
-    let path = dir.join("pipeline.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+"#
+    )
+}
+
+/// A small xorshift generator for random kill moments, seeded from the
+/// clock, or from `SLUICE_TEST_SEED` to repeat a failed run's draws. The
+/// seed is printed.
+pub struct Seeded(u64);
+
+impl Seeded {
+    pub fn from_clock(what: &str) -> Seeded {
+        let seed = std::env::var("SLUICE_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+        }) | 1;
+        eprintln!("{what}: random seed {seed} (SLUICE_TEST_SEED={seed} repeats it)");
+        Seeded(seed)
+    }
+
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
 }
 
 /// `sluice <args>` as a command. `SLUICE_BIN` runs another build instead:

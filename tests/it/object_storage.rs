@@ -15,7 +15,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 const APP: &str = "fan-out";
 
@@ -85,28 +85,13 @@ bootstrap_servers = "{bootstrap}"
 topics = ["events"]
 max_records_per_batch = {max_records}
 fetch_timeout_ms = 20000
-
-[[tables]]
-name = "events"
-path = "{tables}/events"
-columns = [
-  {{ name = "id", type = "string", nullable = false }},
-  {{ name = "topic", type = "string" }},
-  {{ name = "partition", type = "integer" }},
-  {{ name = "offset", type = "long" }},
-]
-
-[[tables]]
-name = "audit"
-path = "{tables}/audit"
-columns = [{{ name = "id", type = "string" }}, {{ name = "batch_id", type = "long" }}]
-"#,
+{tables}"#,
         component = guest("fan-out").display(),
         checkpoint = place.checkpoint,
         options = place.options_toml,
         scratch = local.join("scratch").display(),
         cache = local.join("cache").display(),
-        tables = place.tables,
+        tables = fan_out_tables(&place.tables),
     );
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, text).unwrap();
@@ -253,15 +238,11 @@ fn kill_minus_9_at_every_step_with_checkpoint_and_tables_in_the_bucket_loses_and
         runs += 1;
         assert_eq!(outcome, Outcome::KilledAt, "run at {point} should reach it: {stderr}");
     }
-    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    eprintln!("object-store crash test: random kill seed {seed}");
+    let mut random = Seeded::from_clock("object-store crash test: kill moments");
     let mut random_kills = 0;
     while random_kills < 6 {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
         // Past the lease wait of the start, into the batches.
-        let after = Duration::from_millis(700 + seed % 700);
+        let after = Duration::from_millis(700 + random.next() % 700);
         let (outcome, stderr) = run_once(&config, None, Some(after));
         runs += 1;
         match outcome {
@@ -396,18 +377,14 @@ fn two_hosts_a_killed_owner_is_replaced_by_the_standby_twenty_times_and_every_id
     let mut standby = Host::start(names[1], &configs[1], &[]);
     assert!(standby.wait_for("sluice: standby:", Duration::from_secs(60)).is_some(), "{}", standby.output());
 
-    let mut seed = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1;
-    eprintln!("two-hosts test: random kill seed {seed}");
+    let mut random = Seeded::from_clock("two-hosts test: kill moments");
     let mut takeovers = Vec::new();
     for round in 0..20 {
         // Let the owner commit at least one batch of new records, then kill
         // it at a random moment after that.
         wave(45);
         assert!(owner.wait_for("records, ", Duration::from_secs(60)).is_some(), "round {round}: {}", owner.output());
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        owner.watch(Duration::from_millis(seed % 400));
+        owner.watch(Duration::from_millis(random.next() % 400));
         owner.signal("-KILL");
         let killed = Instant::now();
         let took = standby.wait_for(TOOK, Duration::from_millis(lease_ms * 10));

@@ -3,7 +3,7 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const TOPIC: &str = "events";
@@ -58,4 +58,44 @@ pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
 /// Milliseconds, two decimals.
 pub fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1e3)
+}
+
+/// A `pipeline.toml` in `dir` running `component` over the topic into one
+/// `events` table at `table`, available-now; `place` holds the
+/// `[pipeline]` lines saying where the checkpoint (and scratch, cache,
+/// storage options) are.
+pub fn config(dir: &Path, bootstrap: &str, component: &str, max_records: u64, place: &str, table: &str) -> PathBuf {
+    let text = format!(
+        r#"[pipeline]
+id = "bench"
+component = "{component}"
+{place}
+trigger = "available_now"
+
+[source]
+bootstrap_servers = "{bootstrap}"
+topics = ["{TOPIC}"]
+max_records_per_batch = {max_records}
+
+[[tables]]
+name = "events"
+path = "{table}"
+columns = [
+  {{ name = "topic", type = "string" }},
+  {{ name = "partition", type = "integer" }},
+  {{ name = "offset", type = "long" }},
+  {{ name = "timestamp_ms", type = "long" }},
+  {{ name = "key", type = "string" }},
+  {{ name = "value", type = "string" }},
+]
+
+[limits]
+fuel = 1000000000000
+"#,
+        component = guest(component).display()
+    );
+    std::fs::create_dir_all(dir).unwrap();
+    let path = dir.join("pipeline.toml");
+    std::fs::write(&path, text).unwrap();
+    path
 }
