@@ -31,13 +31,14 @@ AZURITE_STAMP := $(AZURITE_DIR)/.installed-$(shell cat $(AZURITE_MANIFEST)/packa
 include mk/polyglot.mk
 
 # Beyond stock Rust: the Wasm component target, OpenSSL headers for the
-# Delta Lake client, and GNU time, with which the tests measure a sluice
-# process's own peak memory (all present on the usual image; installed if
-# missing).
+# Delta Lake client and librdkafka's TLS and SASL, GNU time, with which the
+# tests measure a sluice process's own peak memory, and stunnel, the TLS
+# listener in front of the tests' secured broker (installed if missing).
 setup:
 	rustup target add wasm32-wasip2
 	@pkg-config --exists openssl || (apt-get update && apt-get install -y libssl-dev pkg-config)
 	@test -x /usr/bin/time || (apt-get update && apt-get install -y time)
+	@command -v stunnel >/dev/null || (apt-get update && apt-get install -y stunnel4)
 
 $(TANSU):
 	cargo install tansu@0.6.0 --locked --features libsql --root $(TOOLS)

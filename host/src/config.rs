@@ -205,6 +205,9 @@ impl PipelineConfig {
         if s.max_records_per_batch == 0 {
             return Err(("source.max_records_per_batch".into(), "must be at least 1".into()));
         }
+        if let Some(key) = s.secrets.keys().find(|k| s.properties.contains_key(*k)) {
+            return Err((format!("source.secrets.\"{key}\""), format!("`{key}` is also set in source.properties; set it in one place")));
+        }
         if s.max_bytes_per_batch == Some(0) {
             return Err(("source.max_bytes_per_batch".into(), "must be at least 1".into()));
         }

@@ -182,8 +182,18 @@ impl Drop for Broker {
 /// Produce `values` to `topic`, round-robin over `partitions`, and wait
 /// until the broker has them all.
 pub fn produce(bootstrap: &str, topic: &str, partitions: i32, values: &[String]) {
+    produce_with(bootstrap, &[], topic, partitions, values);
+}
+
+/// [`produce`] with client properties (TLS, SASL) set first.
+pub fn produce_with(bootstrap: &str, properties: &[(&str, &str)], topic: &str, partitions: i32, values: &[String]) {
     use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
-    let producer: BaseProducer = rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap).create().unwrap();
+    let mut client = rdkafka::ClientConfig::new();
+    client.set("bootstrap.servers", bootstrap);
+    for (k, v) in properties {
+        client.set(*k, *v);
+    }
+    let producer: BaseProducer = client.create().unwrap();
     for (i, v) in values.iter().enumerate() {
         let key = format!("k{i}");
         let mut record = BaseRecord::to(topic).partition(i as i32 % partitions).key(&key).payload(v);

@@ -32,7 +32,8 @@ fn config(bootstrap: String, topic: &str, max_records: u64) -> SourceConfig {
         starting_offsets: Default::default(),
         on_data_loss: Default::default(),
         fetch_timeout_ms: 10_000,
-        properties: BTreeMap::new(),
+        properties: Default::default(),
+        secrets: BTreeMap::new(),
     }
 }
 

@@ -20,6 +20,8 @@ mod no_ambient_authority;
 mod object_servers;
 mod object_storage;
 mod pipeline_run;
+mod secure_broker;
+mod secured_kafka;
 mod seed_incident;
 mod source_agreement;
 mod staging;

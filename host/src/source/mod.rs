@@ -34,11 +34,13 @@
 
 pub(crate) mod read_ahead;
 pub(crate) mod records;
+pub mod security;
 
 use crate::source::records::{ChunkBuilder, Fill, OwnedRecord, RecordSource, SourceError, SourceRange};
+use crate::source::security::{Properties, Secret, SecurityContext, Secrets};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::base_consumer::PartitionQueue;
-use rdkafka::consumer::{BaseConsumer, Consumer, DefaultConsumerContext};
+use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
@@ -104,7 +106,11 @@ pub struct SourceConfig {
     pub fetch_timeout_ms: u64,
     /// librdkafka properties, passed through (they override sluice's).
     #[serde(default)]
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
+    /// librdkafka properties whose values are secrets, read from the
+    /// environment or a file when a client is made (see `security`).
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
 }
 
 fn default_max_records() -> u64 {
@@ -169,6 +175,18 @@ pub enum KafkaSourceError {
     /// A broker request failed.
     #[error("kafka: {0}")]
     Request(String),
+    /// A secret of `source.secrets` cannot be read.
+    #[error("kafka: {0}")]
+    Secret(String),
+    /// TLS or SASL failed: the config (or the broker's certificate) must
+    /// change; waiting does not help.
+    #[error("kafka ({bootstrap}): {what}")]
+    Security {
+        /// `bootstrap.servers`.
+        bootstrap: String,
+        /// What failed and the property to fix.
+        what: String,
+    },
 }
 
 impl KafkaSourceError {
@@ -182,12 +200,12 @@ impl KafkaSourceError {
 /// A connected source: the consumer and the partitions of the topics.
 pub struct KafkaSource {
     config: SourceConfig,
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<BaseConsumer<SecurityContext>>,
     /// A second client, for watermarks only. On the fetching consumer's
     /// connection a ListOffsets request waits behind the broker's long-poll
     /// Fetch (up to `fetch.wait.max.ms`), which made planning a batch cost
     /// 100 ms or more while partitions were being prefetched.
-    watermarks: BaseConsumer,
+    watermarks: BaseConsumer<SecurityContext>,
     /// The topics' partitions, in plan order: looked up at every plan, and
     /// only ever added to (a partition briefly missing from an answer, say
     /// while a leader moves, is still read).
@@ -222,17 +240,33 @@ impl KafkaSource {
             // drained a queue in the meantime.
             .set("fetch.queue.backoff.ms", "20")
             .set("group.id", "sluice");
-        for (k, v) in &config.properties {
+        // librdkafka takes its log level from the `log` crate's, which is
+        // off here: without this, the lines that say why a TLS handshake or
+        // a SASL authentication failed never reach the context.
+        client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
+        for (k, v) in config.properties.iter() {
             client.set(k, v);
         }
-        let consumer: BaseConsumer = client.create().map_err(|e| connect_err(e.to_string()))?;
-        let watermarks: BaseConsumer = client.create().map_err(|e| connect_err(e.to_string()))?;
+        let (secret_pairs, secrets) = Secrets::resolve(&config.secrets, &config.properties).map_err(KafkaSourceError::Secret)?;
+        for (k, v) in &secret_pairs {
+            client.set(k, v);
+        }
+        let redact = |what: String| secrets.redact(&what);
+        let context = SecurityContext::default();
+        let consumer: BaseConsumer<SecurityContext> =
+            client.create_with_context(context.clone()).map_err(|e| connect_err(redact(e.to_string())))?;
+        let watermarks: BaseConsumer<SecurityContext> =
+            client.create_with_context(context.clone()).map_err(|e| connect_err(redact(e.to_string())))?;
         let timeout = Duration::from_millis(config.fetch_timeout_ms);
         let mut partitions = Vec::new();
         for topic in &config.topics {
-            let metadata = consumer
-                .fetch_metadata(Some(topic), timeout)
-                .map_err(|e| connect_err(format!("cannot fetch metadata of topic `{topic}`: {e}")))?;
+            let metadata = fetch_metadata(&consumer, &context, topic, timeout).map_err(|e| match e {
+                Err(failure) => KafkaSourceError::Security {
+                    bootstrap: config.bootstrap_servers.clone(),
+                    what: redact(security::explain(&failure, &config.properties, &config.bootstrap_servers)),
+                },
+                Ok(e) => connect_err(redact(format!("cannot fetch metadata of topic `{topic}`: {e}"))),
+            })?;
             match topic_partitions(&metadata, topic) {
                 Some(ids) if !ids.is_empty() => partitions.extend(ids.into_iter().map(|p| (topic.clone(), p))),
                 _ => return Err(KafkaSourceError::NoSuchTopic(topic.clone())),
@@ -521,6 +555,33 @@ impl KafkaSource {
 /// answer has no usable entry for it. Partitions the broker reports with an
 /// error or without a leader (right after they were added) cannot be read
 /// yet: they are left for a later look.
+/// The metadata of `topic`, asked for in short rounds until `timeout`, so a
+/// TLS or SASL failure (reported by `context` meanwhile) ends the wait at
+/// once: `Err(Err(failure))`; other errors `Err(Ok(e))`, as at the timeout.
+fn fetch_metadata(
+    consumer: &BaseConsumer<SecurityContext>,
+    context: &SecurityContext,
+    topic: &str,
+    timeout: Duration,
+) -> Result<rdkafka::metadata::Metadata, Result<rdkafka::error::KafkaError, String>> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let round = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(500));
+        let result = consumer.fetch_metadata(Some(topic), round);
+        // Log lines and error events are delivered when the client is
+        // polled (nothing is assigned yet: no record can come).
+        let _ = consumer.poll(Duration::ZERO);
+        if let Some(failure) = context.failure() {
+            return Err(Err(failure));
+        }
+        match result {
+            Ok(metadata) => return Ok(metadata),
+            Err(e) if Instant::now() >= deadline => return Err(Ok(e)),
+            Err(_) => {}
+        }
+    }
+}
+
 fn topic_partitions(metadata: &rdkafka::metadata::Metadata, topic: &str) -> Option<Vec<i32>> {
     let t = metadata.topics().iter().find(|t| t.name() == topic).filter(|t| t.error().is_none())?;
     let mut ids: Vec<i32> = t.partitions().iter().filter(|p| p.error().is_none() && p.leader() >= 0).map(|p| p.id()).collect();
@@ -540,7 +601,7 @@ fn position(cursors: &mut BTreeMap<Partition, Cursor>, tpl: &TopicPartitionList)
 
 /// One partition's queue and where it stands, kept across batches.
 struct Cursor {
-    queue: PartitionQueue<DefaultConsumerContext>,
+    queue: PartitionQueue<SecurityContext>,
     /// Every offset below this has been taken from the queue, and the queue
     /// delivers the first record at or above it next. `None`: unknown (not
     /// yet positioned, or a seek is under way).
@@ -599,7 +660,7 @@ struct Planned {
 
 /// Fetches planned ranges; a [`RecordSource`] for the sink runtime.
 pub struct KafkaFetch {
-    consumer: Arc<BaseConsumer>,
+    consumer: Arc<BaseConsumer<SecurityContext>>,
     cursors: Arc<Mutex<BTreeMap<Partition, Cursor>>>,
     /// Ranges not yet delivered in full, in plan order.
     order: VecDeque<Planned>,
