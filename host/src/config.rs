@@ -95,6 +95,13 @@ pub struct PipelineSection {
     /// Write Prometheus-format metrics to this file after every batch.
     #[serde(default)]
     pub metrics_file: Option<PathBuf>,
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP here
+    /// (`127.0.0.1:9464`, `0.0.0.0:9464`; port 0 picks one).
+    #[serde(default)]
+    pub metrics_addr: Option<String>,
+    /// `/readyz` fails when the batch loop has not turned for this long.
+    #[serde(default = "default_ready_within_ms")]
+    pub ready_within_ms: u64,
 }
 
 /// `pipeline.checkpoint_durability`: the §6.5 rule.
@@ -107,6 +114,10 @@ pub enum CheckpointDurability {
     /// A local checkpoint is accepted whatever the tables (its disk is
     /// known to outlive the node, or losing it is acceptable).
     LocalOk,
+}
+
+fn default_ready_within_ms() -> u64 {
+    60_000
 }
 
 fn default_lease_ms() -> u64 {

@@ -238,31 +238,59 @@ fn run(args: RunArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
     let id = config.pipeline.id.clone();
     let checkpoint = config.pipeline.checkpoint.clone();
+    // Served from the start, so a standby can be scraped (and is not ready).
+    let published = match &config.pipeline.metrics_addr {
+        Some(addr) => {
+            let ready_within = std::time::Duration::from_millis(config.pipeline.ready_within_ms);
+            let p = sluice::pipeline::metrics::endpoint::start(addr, ready_within)
+                .map_err(|e| anyhow::anyhow!("config {}: {e}", args.config.display()))?;
+            eprintln!("sluice: pipeline {id}: metrics on http://{}/metrics (and /healthz, /readyz)", p.addr);
+            Some(p)
+        }
+        None => None,
+    };
     let mut on_standby = |event: sluice::checkpoint::lease::Standby<'_>| match event {
-        sluice::checkpoint::lease::Standby::Waiting(l) => eprintln!(
-            "sluice: standby: checkpoint {checkpoint} is held by {} (lease epoch {}, {} ms); taking over if it is released \
-             or not renewed for {} ms",
-            l.owner, l.epoch, l.lease_ms, l.lease_ms
-        ),
+        sluice::checkpoint::lease::Standby::Waiting(l) => {
+            if let Some(p) = &published {
+                p.set_state(false, &format!("standby: {} holds the lease (epoch {})", l.owner, l.epoch));
+            }
+            eprintln!(
+                "sluice: standby: checkpoint {checkpoint} is held by {} (lease epoch {}, {} ms); taking over if it is \
+                 released or not renewed for {} ms",
+                l.owner, l.epoch, l.lease_ms, l.lease_ms
+            )
+        }
         sluice::checkpoint::lease::Standby::Took(epoch) => {
             eprintln!("sluice: took the lease on checkpoint {checkpoint} (epoch {epoch})")
         }
     };
-    let mut pipeline =
-        match Pipeline::open_as_standby(config, args.config.display().to_string(), &mut on_standby)
-        {
-            Ok(p) => p,
-            Err(e) => return Ok(failed(&e)),
-        };
+    let opened = Pipeline::open_as_standby(config, args.config.display().to_string(), &mut on_standby);
+    let mut pipeline = match opened {
+        Ok(p) => p,
+        Err(e) => {
+            if let Some(p) = &published {
+                p.set_state(false, "failed to start");
+            }
+            return Ok(failed(&e));
+        }
+    };
     stop_on_signals(pipeline.stop_flag())?;
     if let Some(epoch) = pipeline.epoch() {
         eprintln!("sluice: pipeline {id}: owner of checkpoint {checkpoint} (lease epoch {epoch})");
+    }
+    if let Some(p) = &published {
+        pipeline.publish_to(p.clone());
+        p.set_state(true, "owner, running");
     }
     eprintln!(
         "sluice: pipeline {id}: running component {}",
         &pipeline.component_digest()[..16]
     );
-    match pipeline.run(|e| report_event(e, "")) {
+    let result = pipeline.run(|e| report_event(e, ""));
+    if let Some(p) = &published {
+        p.set_state(false, if result.is_ok() { "stopped" } else { "stopped on an error" });
+    }
+    match result {
         Ok(summary) => {
             let last = summary.last_committed.map_or("none".to_owned(), |b| b.to_string());
             match summary.stopped {

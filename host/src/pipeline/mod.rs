@@ -270,6 +270,8 @@ pub struct Pipeline {
     /// Batches tables lost, to re-run before anything else.
     heals: Vec<Heal>,
     metrics: Metrics,
+    /// The HTTP endpoint's copy of the metrics, when one is served.
+    published: Option<metrics::endpoint::Published>,
     stop: Arc<AtomicBool>,
     /// The last committed batch and the ends of its ranges (for lag).
     last_committed: Option<CommittedBatch>,
@@ -416,7 +418,8 @@ impl Pipeline {
 
         Ok(Self {
             config_digest: config.digest(),
-            metrics: Metrics { pipeline: config.pipeline.id.clone(), ..Default::default() },
+            metrics: Metrics { pipeline: config.pipeline.id.clone(), lease_epoch: checkpoint.epoch(), ..Default::default() },
+            published: None,
             config,
             config_path,
             checkpoint,
@@ -438,6 +441,12 @@ impl Pipeline {
     /// Set this flag to stop after the current batch.
     pub fn stop_flag(&self) -> Arc<AtomicBool> {
         self.stop.clone()
+    }
+
+    /// Publish metrics and the loop's heartbeat to an HTTP endpoint.
+    pub fn publish_to(&mut self, published: metrics::endpoint::Published) {
+        published.set_metrics(self.metrics.render());
+        self.published = Some(published);
     }
 
     /// The lease epoch this process holds, when the checkpoint is remote.
@@ -483,6 +492,9 @@ impl Pipeline {
                     );
                 }
                 return Err(e.into());
+            }
+            if let Some(p) = &self.published {
+                p.heartbeat();
             }
             let committing = ran.take();
             // Run ahead only a new plan that is due now: batches left by an
@@ -961,6 +973,9 @@ impl Pipeline {
     }
 
     fn write_metrics(&self) {
+        if let Some(p) = &self.published {
+            p.set_metrics(self.metrics.render());
+        }
         if let Some(path) = &self.config.pipeline.metrics_file
             && let Err(e) = self.metrics.write(path)
         {

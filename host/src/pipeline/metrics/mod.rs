@@ -1,5 +1,9 @@
-//! Pipeline metrics in the Prometheus text format, written to a file after
-//! every batch (for node_exporter's textfile collector, or to read by eye).
+//! Pipeline metrics in the Prometheus text format: written to a file after
+//! every batch (`pipeline.metrics_file`, for node_exporter's textfile
+//! collector, or to read by eye), and served over HTTP with health checks
+//! ([`endpoint`], `pipeline.metrics_addr`).
+
+pub mod endpoint;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -34,6 +38,54 @@ pub struct Metrics {
     /// (topic, partition) → records between the last batch and the high
     /// watermark seen when it was planned.
     pub lag: BTreeMap<(String, i32), i64>,
+    /// Batch durations (plan to commit log), sink and commit times.
+    pub batch_hist: Histogram,
+    /// Time in the sink per batch (all attempts).
+    pub sink_hist: Histogram,
+    /// Time in Delta commits per batch.
+    pub commit_hist: Histogram,
+    /// The lease epoch held, when the checkpoint is remote.
+    pub lease_epoch: Option<u64>,
+}
+
+/// Upper bounds of the histogram buckets, in seconds.
+const BUCKETS: [f64; 13] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+
+/// A Prometheus histogram of durations with fixed buckets.
+#[derive(Debug, Clone, Default)]
+pub struct Histogram {
+    /// Observations at or below each bound of [`BUCKETS`] (not cumulative).
+    counts: [u64; BUCKETS.len()],
+    /// Observations above the last bound.
+    over: u64,
+    sum: f64,
+}
+
+impl Histogram {
+    /// Count one observation.
+    pub fn observe(&mut self, d: Duration) {
+        let s = d.as_secs_f64();
+        self.sum += s;
+        match BUCKETS.iter().position(|&b| s <= b) {
+            Some(i) => self.counts[i] += 1,
+            None => self.over += 1,
+        }
+    }
+
+    /// The `_bucket`, `_sum` and `_count` samples, cumulative as Prometheus wants.
+    fn samples(&self) -> Vec<(String, String, String)> {
+        let mut out = Vec::new();
+        let mut seen = 0;
+        for (bound, count) in BUCKETS.iter().zip(self.counts) {
+            seen += count;
+            out.push(("_bucket".into(), format!(",le=\"{bound}\""), seen.to_string()));
+        }
+        seen += self.over;
+        out.push(("_bucket".into(), ",le=\"+Inf\"".into(), seen.to_string()));
+        out.push(("_sum".into(), String::new(), self.sum.to_string()));
+        out.push(("_count".into(), String::new(), seen.to_string()));
+        out
+    }
 }
 
 impl Metrics {
@@ -46,6 +98,9 @@ impl Metrics {
         self.commit_seconds += commit.as_secs_f64();
         self.last_batch_id = Some(id);
         self.last_batch_seconds = total.as_secs_f64();
+        self.batch_hist.observe(total);
+        self.sink_hist.observe(sink);
+        self.commit_hist.observe(commit);
     }
 
     /// The Prometheus text exposition.
@@ -90,6 +145,19 @@ impl Metrics {
                 .map(|((t, part), lag)| (format!(",topic=\"{}\",partition=\"{part}\"", escape(t)), lag.to_string()))
                 .collect(),
         );
+        if let Some(epoch) = self.lease_epoch {
+            metric("lease_epoch", "gauge", "The lease epoch this process holds on the remote checkpoint.", one(epoch.to_string()));
+        }
+        for (name, help, h) in [
+            ("batch_duration_seconds", "Batch duration, plan to commit log.", &self.batch_hist),
+            ("sink_duration_seconds", "Time in the sink per batch, all attempts.", &self.sink_hist),
+            ("commit_duration_seconds", "Time in Delta commits per batch.", &self.commit_hist),
+        ] {
+            let _ = writeln!(out, "# HELP sluice_{name} {help}\n# TYPE sluice_{name} histogram");
+            for (suffix, labels, value) in h.samples() {
+                let _ = writeln!(out, "sluice_{name}{suffix}{{pipeline=\"{p}\"{labels}}} {value}");
+            }
+        }
         out
     }
 
@@ -121,5 +189,10 @@ mod tests {
         assert!(text.contains("sluice_table_version{pipeline=\"orders\",table=\"orders\"} 5\n"), "{text}");
         assert!(text.contains("sluice_lag_records{pipeline=\"orders\",topic=\"in\\\"put\",partition=\"2\"} 17\n"), "{text}");
         assert!(text.contains("sluice_last_batch_id{pipeline=\"orders\"} 4\n"), "{text}");
+        assert!(text.contains("# TYPE sluice_batch_duration_seconds histogram\n"), "{text}");
+        assert!(text.contains("sluice_batch_duration_seconds_bucket{pipeline=\"orders\",le=\"0.025\"} 0\n"), "{text}");
+        assert!(text.contains("sluice_batch_duration_seconds_bucket{pipeline=\"orders\",le=\"0.05\"} 1\n"), "{text}");
+        assert!(text.contains("sluice_batch_duration_seconds_bucket{pipeline=\"orders\",le=\"+Inf\"} 1\n"), "{text}");
+        assert!(text.contains("sluice_commit_duration_seconds_count{pipeline=\"orders\"} 1\n"), "{text}");
     }
 }
