@@ -17,6 +17,7 @@ pub fn orders_table(dir: &Path) -> TableConfig {
         name: "orders".into(),
         path: dir.join("orders").into(),
         storage_options: Default::default(),
+        maintenance: Default::default(),
         columns: vec![
             col("order_id", ColumnType::String),
             col("customer", ColumnType::String),
@@ -34,6 +35,7 @@ fn events_table(dir: &Path) -> TableConfig {
         name: "events".into(),
         path: dir.join("events").into(),
         storage_options: Default::default(),
+        maintenance: Default::default(),
         columns: vec![
             col("topic", ColumnType::String),
             col("partition", ColumnType::Integer),

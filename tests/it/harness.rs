@@ -309,6 +309,8 @@ pub struct ReadBack {
     /// The table's `txn` version for the app id asked about.
     pub txn: Option<i64>,
     pub rows: Vec<Value>,
+    /// The data files of the version read.
+    pub files: usize,
 }
 
 impl ReadBack {
@@ -378,7 +380,12 @@ fn read_delta_table(table: &std::ffi::OsStr, app_id: &str, options: Option<&str>
         String::from_utf8_lossy(&out.stderr)
     );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
-    ReadBack { version: v["version"].as_u64().unwrap(), txn: v["txn"].as_i64(), rows: v["rows"].as_array().unwrap().clone() }
+    ReadBack {
+        version: v["version"].as_u64().unwrap(),
+        txn: v["txn"].as_i64(),
+        rows: v["rows"].as_array().unwrap().clone(),
+        files: v["files"].as_u64().unwrap() as usize,
+    }
 }
 
 /// Every id in `ids` exactly once in both tables of the `fan-out` sink

@@ -16,6 +16,7 @@ mod hostile_sandbox;
 mod isolation;
 mod kafka_faults;
 mod kafka_source;
+mod maintenance;
 mod metrics_endpoint;
 mod no_ambient_authority;
 mod object_servers;

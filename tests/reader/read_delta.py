@@ -30,7 +30,7 @@ def main() -> None:
     table = DeltaTable(path, storage_options=options)
     rows = table.to_pyarrow_table().to_pylist()
     txn = table.transaction_version(app_id) if app_id else None
-    json.dump({"version": table.version(), "txn": txn, "rows": rows}, sys.stdout)
+    json.dump({"version": table.version(), "txn": txn, "rows": rows, "files": len(table.file_uris())}, sys.stdout)
     sys.stdout.flush()
 
 

@@ -39,6 +39,8 @@ enum Command {
     /// Repair the checkpoint: `rebuild` it from the tables' Delta logs.
     #[command(subcommand)]
     Checkpoint(CheckpointCommand),
+    /// Maintain the tables now: log checkpoint and cleanup, compaction, VACUUM.
+    Maintain(ConfigArgs),
     /// Run the example upsert sink on an embedded Kafka into a local Delta table.
     Demo(DemoArgs),
     /// Run one batch of a sink over records from a JSONL file, without Kafka.
@@ -124,11 +126,11 @@ enum CheckpointCommand {
     /// Rebuild a lost or damaged checkpoint from the tables' Delta logs
     /// (the old logs are kept aside); `sluice run` then continues exactly
     /// where the tables are.
-    Rebuild(RebuildArgs),
+    Rebuild(ConfigArgs),
 }
 
 #[derive(clap::Args)]
-struct RebuildArgs {
+struct ConfigArgs {
     /// The pipeline config.
     config: PathBuf,
     /// Print one JSON object instead of text.
@@ -225,6 +227,7 @@ pub fn main() -> ExitCode {
         Command::Batch(BatchCommand::Export(args)) => batch_export(args),
         Command::Reconcile(args) => reconcile(args),
         Command::Checkpoint(CheckpointCommand::Rebuild(args)) => checkpoint_rebuild(args),
+        Command::Maintain(args) => maintain(args),
         Command::Demo(args) => demo(args),
         Command::Exec(args) => exec(args),
     };
@@ -353,6 +356,11 @@ fn report_event(event: &Event, indent: &str) {
                 tables.join(" ")
             );
         }
+        Event::Maintained { batch_id, steps } => {
+            for m in steps {
+                println!("{indent}maintenance after batch {batch_id}: table {}: {}: {} ({} ms)", m.table, m.step, m.detail, m.ms);
+            }
+        }
         Event::Retrying { batch_id, attempt, max_attempts, error, backoff } => {
             let what = batch_id.map_or("planning".to_owned(), |b| format!("batch {b}"));
             eprintln!(
@@ -452,7 +460,15 @@ fn batch_export(args: BatchExportArgs) -> Result<ExitCode> {
 
 /// Exit 0 when rebuilt, 1 when the tables disagree or lack what is needed
 /// (nothing changed then).
-fn checkpoint_rebuild(args: RebuildArgs) -> Result<ExitCode> {
+/// Exit 0 when every step ran, 1 when one failed.
+fn maintain(args: ConfigArgs) -> Result<ExitCode> {
+    let config = PipelineConfig::load(&args.config)?;
+    let report = sluice::tools::maintain::maintain(&config)?;
+    print_report(&report, args.json)?;
+    Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn checkpoint_rebuild(args: ConfigArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
     match sluice::checkpoint::rebuild::rebuild(&config) {
         Ok(report) => {

@@ -27,6 +27,7 @@
 //!   version is read from the log only when the table moved past what this
 //!   committer wrote or last read.
 
+pub mod maintenance;
 mod last_per_key;
 
 use crate::output::{BatchOutput, StagedOp, StagedRows, WriteMode};
@@ -117,6 +118,10 @@ pub struct TableConfig {
     /// Key columns (for upserts and reconciliation).
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Log checkpoints, log cleanup, compaction and VACUUM. Not part of the
+    /// config digest or bundles: maintenance changes no rows.
+    #[serde(default, skip_serializing)]
+    pub maintenance: maintenance::MaintenanceConfig,
 }
 
 impl TableConfig {
@@ -260,6 +265,8 @@ pub struct DeltaCommitter {
     /// The lease epoch this process writes under, when the checkpoint is
     /// remote (see [`DeltaCommitter::fence_tables`]).
     epoch: Option<u64>,
+    /// Each table's version when maintenance last looked at it.
+    maintained: Mutex<BTreeMap<String, u64>>,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -428,6 +435,7 @@ impl DeltaCommitter {
             open: Mutex::default(),
             seen: Mutex::default(),
             epoch: None,
+            maintained: Mutex::default(),
             runtime,
         })
     }
@@ -437,6 +445,139 @@ impl DeltaCommitter {
     pub fn with_epoch(mut self, epoch: Option<u64>) -> Self {
         self.epoch = epoch;
         self
+    }
+
+    /// Run the maintenance steps due on every table (see [`maintenance`]):
+    /// with `force`, every step now (`sluice maintain`). `retained_since_ms`
+    /// is when the oldest batch the checkpoint retains was planned (VACUUM
+    /// keeps its files). Returns the steps that ran, and the failed ones
+    /// as (table, step, error): a failed step never fails a batch.
+    pub fn maintain(
+        &self,
+        force: bool,
+        retained_since_ms: &dyn Fn() -> Option<i64>,
+        guard: Guard<'_>,
+    ) -> (Vec<maintenance::Maintained>, Vec<(String, &'static str, CommitError)>) {
+        let (mut done, mut failed) = (Vec::new(), Vec::new());
+        self.runtime.block_on(async {
+            for t in &self.tables {
+                let open = match self.latest(t).await {
+                    Ok(open) => open,
+                    Err(e) => {
+                        failed.push((t.name.clone(), "open", e));
+                        continue;
+                    }
+                };
+                let Some(version) = open.table.version() else {
+                    self.keep(t, open);
+                    continue;
+                };
+                let before = self.maintained.lock().unwrap_or_else(|e| e.into_inner()).get(&t.name).copied();
+                let small = small_files(&open.table, t.maintenance.target_file_bytes);
+                let due = match (force, before) {
+                    (true, _) => maintenance::Due { compaction: small >= 2, ..maintenance::Due::ALL },
+                    (false, Some(before)) => maintenance::due(&t.maintenance, before, version, small),
+                    (false, None) => maintenance::due(&t.maintenance, version, version, small),
+                };
+                let mut table = open.table;
+                if due.any() {
+                    table = self.run_steps(t, table, due, small, retained_since_ms, guard, &mut done, &mut failed).await;
+                }
+                self.maintained.lock().unwrap_or_else(|e| e.into_inner()).insert(t.name.clone(), table.version().unwrap_or(version));
+                self.keep(t, OpenTable { table, txn: None });
+            }
+        });
+        (done, failed)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_steps(
+        &self,
+        t: &TableConfig,
+        mut table: DeltaTable,
+        due: maintenance::Due,
+        small: u64,
+        retained_since_ms: &dyn Fn() -> Option<i64>,
+        guard: Guard<'_>,
+        done: &mut Vec<maintenance::Maintained>,
+        failed: &mut Vec<(String, &'static str, CommitError)>,
+    ) -> DeltaTable {
+        let c = &t.maintenance;
+        let props = |step: &str| {
+            sluice_commit().with_metadata([(
+                "sluice".to_owned(),
+                serde_json::json!({ "pipeline_id": self.app_id, "maintenance": step, "lease_epoch": self.epoch }),
+            )])
+        };
+        let mut record = |step: &'static str, started: std::time::Instant, result: Result<String, CommitError>| match result {
+            Ok(detail) => done.push(maintenance::Maintained { table: t.name.clone(), step, detail, ms: started.elapsed().as_millis() as u64 }),
+            Err(e) => failed.push((t.name.clone(), step, e)),
+        };
+        let owned = |_: ()| guard().map_err(|why| CommitError::NotOwner { table: t.name.clone(), why });
+        if due.compaction {
+            let started = std::time::Instant::now();
+            let target = std::num::NonZeroU64::new(c.target_file_bytes.max(1)).expect("at least 1");
+            let result = match owned(()) {
+                Err(e) => Err(e),
+                Ok(()) => match table.clone().optimize().with_target_size(target).with_commit_properties(props("compaction")).await {
+                    Ok((t2, metrics)) => {
+                        table = t2;
+                        Ok(format!("{} small files ({small} below the target size) into {}", metrics.num_files_removed, metrics.num_files_added))
+                    }
+                    Err(e) => Err(delta_err(t)(e)),
+                },
+            };
+            record("compaction", started, result);
+        }
+        if due.vacuum {
+            let started = std::time::Instant::now();
+            // Never shorter than the age of the oldest retained batch: a
+            // file removed after it was planned may be part of its version
+            // (the plan precedes the commit, and both clocks are ours).
+            let configured = c.vacuum_retention_hours as i64 * 3_600_000;
+            let needed = retained_since_ms().map_or(0, |since| (now_ms() - since).max(0));
+            let retention = chrono::Duration::milliseconds(configured.max(needed));
+            let result = match owned(()) {
+                Err(e) => Err(e),
+                Ok(()) => match table
+                    .clone()
+                    .vacuum()
+                    .with_retention_period(retention)
+                    .with_enforce_retention_duration(false)
+                    .with_commit_properties(props("vacuum"))
+                    .await
+                {
+                    Ok((t2, metrics)) => {
+                        table = t2;
+                        Ok(format!("{} unreferenced files deleted (retention {} s)", metrics.files_deleted.len(), retention.num_seconds()))
+                    }
+                    Err(e) => Err(delta_err(t)(e)),
+                },
+            };
+            record("vacuum", started, result);
+        }
+        if due.checkpoint {
+            let started = std::time::Instant::now();
+            let version = table.version().unwrap_or(0);
+            let result = match owned(()) {
+                Err(e) => Err(e),
+                Ok(()) => deltalake::checkpoints::create_checkpoint(&table, None)
+                    .await
+                    .map(|()| format!("at version {version}"))
+                    .map_err(delta_err(t)),
+            };
+            let ok = result.is_ok();
+            record("checkpoint", started, result);
+            if ok && c.log_cleanup {
+                let started = std::time::Instant::now();
+                let result = deltalake::checkpoints::cleanup_metadata(&table, None)
+                    .await
+                    .map(|n| format!("{n} expired log files deleted"))
+                    .map_err(delta_err(t));
+                record("log cleanup", started, result);
+            }
+        }
+        table
     }
 
     /// The table property recording the newest lease epoch of this
@@ -490,7 +631,7 @@ impl DeltaCommitter {
                     table: t.name.clone(),
                     why,
                 })?;
-                let props = CommitProperties::default().with_metadata([(
+                let props = sluice_commit().with_metadata([(
                     "sluice".to_owned(),
                     serde_json::json!({ "pipeline_id": self.app_id, "lease_epoch": epoch }),
                 )]);
@@ -895,7 +1036,7 @@ impl DeltaCommitter {
             "rows": write.rows(),
             "lease_epoch": self.epoch,
         });
-        let props = CommitProperties::default()
+        let props = sluice_commit()
             .with_application_transaction(Transaction::new(&self.app_id, batch_id))
             .with_metadata([("sluice".to_owned(), metadata)]);
         let written: Result<DeltaTable, CommitError> = async {
@@ -970,6 +1111,25 @@ impl DeltaCommitter {
             _ => e,
         }
     }
+}
+
+/// The properties of every commit sluice makes. Log checkpoints and log
+/// cleanup are [`maintenance`]'s, on its schedule (`checkpoint_interval`,
+/// `log_cleanup`), so delta-rs's own after-commit ones are switched off:
+/// otherwise every table would get a second checkpoint schedule, and
+/// switching maintenance off would not switch them off.
+fn sluice_commit() -> CommitProperties {
+    CommitProperties::default().with_create_checkpoint(false).with_cleanup_expired_logs(Some(false))
+}
+
+/// Files of the table smaller than `target` bytes.
+fn small_files(table: &DeltaTable, target: u64) -> u64 {
+    let Ok(snapshot) = table.snapshot() else { return 0 };
+    snapshot.log_data().iter().filter(|f| (f.size().max(0) as u64) < target).count() as u64
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn delta_err(t: &TableConfig) -> impl FnOnce(DeltaTableError) -> CommitError + '_ {

@@ -31,6 +31,8 @@ pub mod metrics;
 use crate::checkpoint::attempt_log::{self, AttemptRecord, Outcome};
 use crate::checkpoint::lease::Standby;
 use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, Log, PlannedBatch};
+use crate::checkpoint::retention::RetentionConfig;
+use crate::commit::maintenance::Maintained;
 use crate::commit::{CommitError, DeltaCommitter, Provenance};
 use crate::pipeline::agreement::{AgreementError, Heal};
 use crate::config::{PipelineConfig, Trigger};
@@ -217,6 +219,13 @@ pub enum Event {
         /// Records re-run.
         records: u64,
     },
+    /// Table maintenance ran after a batch's commit.
+    Maintained {
+        /// The batch it followed.
+        batch_id: u64,
+        /// What ran.
+        steps: Vec<Maintained>,
+    },
     /// A step failed in a way that may pass; it is tried again after
     /// `backoff` (planning: `batch_id` is `None`).
     Retrying {
@@ -301,6 +310,8 @@ struct Done {
     report: BatchReport,
     committed: CommittedBatch,
     ends: BTreeMap<(String, i32), i64>,
+    /// Table maintenance that ran after the batch's commit.
+    maintained: Vec<Maintained>,
 }
 
 /// What the step that looks for the next batch found.
@@ -506,7 +517,8 @@ impl Pipeline {
             let (done, next) = std::thread::scope(|s| {
                 let commit = committing.map(|r| {
                     let (committer, checkpoint, source) = (&self.committer, &self.checkpoint, &self.source);
-                    s.spawn(move || commit_batch(committer, checkpoint, source, *r))
+                    let retention = &self.config.retention;
+                    s.spawn(move || commit_batch(committer, checkpoint, source, retention, *r))
                 });
                 let next = match run_next {
                     true => self.next_batch(recovered, until.as_ref(), &mut last_start, &mut on_event),
@@ -847,7 +859,7 @@ impl Pipeline {
 
     /// A batch's commit is logged: account for it and tell the caller.
     fn finish(&mut self, done: Done, summary: &mut RunSummary, on_event: &mut impl FnMut(&Event)) {
-        let Done { report, committed, ends } = done;
+        let Done { report, committed, ends, maintained } = done;
         if report.already_committed {
             self.metrics.batches_skipped += 1;
         }
@@ -861,7 +873,15 @@ impl Pipeline {
         summary.records += report.records;
         summary.last_committed = Some(report.batch_id);
         summary.table_versions = report.table_versions.clone();
+        let batch_id = report.batch_id;
         on_event(&Event::Committed(report));
+        if !maintained.is_empty() {
+            for m in &maintained {
+                *self.metrics.maintenance.entry(m.step).or_default() += 1;
+            }
+            self.write_metrics();
+            on_event(&Event::Maintained { batch_id, steps: maintained });
+        }
     }
 
     /// Step 3: run the sink with retries. `None` when stopped while waiting
@@ -1003,7 +1023,13 @@ impl Pipeline {
 
 /// Steps 4–5 of the batch life, on the commit thread: one Delta
 /// transaction per table, then `commits/N`.
-fn commit_batch(committer: &DeltaCommitter, checkpoint: &Checkpoint, source: &KafkaSource, ran: Ran) -> Result<Done, PipelineError> {
+fn commit_batch(
+    committer: &DeltaCommitter,
+    checkpoint: &Checkpoint,
+    source: &KafkaSource,
+    retention: &RetentionConfig,
+    ran: Ran,
+) -> Result<Done, PipelineError> {
     let Ran { planned, provenance, output, attempts, started, check, sink } = ran;
     let commit_started = Instant::now();
     let versions = committer
@@ -1030,7 +1056,18 @@ fn commit_batch(committer: &DeltaCommitter, checkpoint: &Checkpoint, source: &Ka
         staged_rows: output.tables().into_iter().map(|t| (t.table, t.appended_rows + t.upserted_rows)).collect(),
         output_digest: output.digest,
     };
-    log_commit(checkpoint, source, &planned, &provenance, report)
+    let mut done = log_commit(checkpoint, source, &planned, &provenance, report)?;
+    // Step 6: maintenance due on the tables, before the next batch commits
+    // (its sink runs meanwhile). VACUUM keeps what the oldest retained
+    // batch needs.
+    let n = planned.batch_id;
+    let retained_since = || checkpoint.planned(retention.first_kept(n)).ok().flatten().map(|p| p.planned_timestamp_ms);
+    let (maintained, failed) = committer.maintain(false, &retained_since, &|| checkpoint.check_owned().map_err(|e| e.to_string()));
+    for (table, step, e) in failed {
+        eprintln!("sluice: warning: table `{table}`: {step} failed (tried again when next due): {e}");
+    }
+    done.maintained = maintained;
+    Ok(done)
 }
 
 /// Step 5: write `commits/N` (with what ran), then tell the consumer group
@@ -1055,7 +1092,7 @@ fn log_commit(
     if let Err(e) = source.commit_advisory(&planned.ranges) {
         eprintln!("sluice: warning: {e} (lag tools may show stale offsets; sluice's own offsets are safe)");
     }
-    Ok(Done { report, committed, ends: range_ends(&planned.ranges) })
+    Ok(Done { report, committed, ends: range_ends(&planned.ranges), maintained: Vec::new() })
 }
 
 /// The batch's records, marking the point where the sink is running (for

@@ -46,6 +46,8 @@ pub struct Metrics {
     pub commit_hist: Histogram,
     /// The lease epoch held, when the checkpoint is remote.
     pub lease_epoch: Option<u64>,
+    /// Maintenance steps run, by step (`compaction`, `vacuum`, …).
+    pub maintenance: BTreeMap<&'static str, u64>,
 }
 
 /// Upper bounds of the histogram buckets, in seconds.
@@ -144,6 +146,12 @@ impl Metrics {
                 .iter()
                 .map(|((t, part), lag)| (format!(",topic=\"{}\",partition=\"{part}\"", escape(t)), lag.to_string()))
                 .collect(),
+        );
+        metric(
+            "maintenance_total",
+            "counter",
+            "Table maintenance steps run (log checkpoints, log cleanup, compaction, vacuum).",
+            self.maintenance.iter().map(|(step, n)| (format!(",step=\"{step}\""), n.to_string())).collect(),
         );
         if let Some(epoch) = self.lease_epoch {
             metric("lease_epoch", "gauge", "The lease epoch this process holds on the remote checkpoint.", one(epoch.to_string()));
