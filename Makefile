@@ -94,9 +94,11 @@ bench: setup $(SERVERS_STAMP)
 	cargo bench --locked --bench runtime
 	cargo bench --locked --bench pipeline
 	SLUICE_MOTO=$(MOTO) cargo bench --locked --bench object_store
+	cargo bench --locked --bench maintenance
 
 # The benchmarks at a tiny size, to check they still run.
 bench-smoke: setup $(SERVERS_STAMP)
 	SLUICE_BENCH_RECORDS=20000 cargo bench --locked --bench runtime
 	SLUICE_BENCH_RECORDS=20000 cargo bench --locked --bench pipeline
 	SLUICE_MOTO=$(MOTO) SLUICE_BENCH_RECORDS=5000 cargo bench --locked --bench object_store
+	SLUICE_BENCH_RECORDS=300 cargo bench --locked --bench maintenance

@@ -65,6 +65,11 @@ pub fn ms(d: Duration) -> String {
 /// `[pipeline]` lines saying where the checkpoint (and scratch, cache,
 /// storage options) are.
 pub fn config(dir: &Path, bootstrap: &str, component: &str, max_records: u64, place: &str, table: &str) -> PathBuf {
+    config_with(dir, bootstrap, component, max_records, place, table, "")
+}
+
+/// [`config`] with more lines in the table's entry (`maintenance = …`).
+pub fn config_with(dir: &Path, bootstrap: &str, component: &str, max_records: u64, place: &str, table: &str, table_extra: &str) -> PathBuf {
     let text = format!(
         r#"[pipeline]
 id = "bench"
@@ -80,6 +85,7 @@ max_records_per_batch = {max_records}
 [[tables]]
 name = "events"
 path = "{table}"
+{table_extra}
 columns = [
   {{ name = "topic", type = "string" }},
   {{ name = "partition", type = "integer" }},
