@@ -1,6 +1,9 @@
 //! What the end-to-end benchmarks share: the records, the producer, the
 //! guests and the figures' formatting.
 
+// Each benchmark uses a part of it.
+#![allow(dead_code)]
+
 use rdkafka::ClientConfig;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use std::path::{Path, PathBuf};
