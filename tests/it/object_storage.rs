@@ -534,8 +534,12 @@ fn a_moved_remote_checkpoint_is_refused_rebuilt_from_the_bucket_and_continued_an
     let mut place = Place::s3(&s3, "lake");
     let dir = tempfile::tempdir().unwrap();
     let config = remote_config(dir.path(), "host", &broker.bootstrap, 50, &place, "trigger = \"available_now\"");
-    let (code, stdout, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
-    assert_eq!(code, 0, "{stdout}{stderr}");
+    // Four runs: the tables are fenced by lease epoch 4 of this checkpoint.
+    for epoch in 1..=4 {
+        let (code, stdout, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
+        assert_eq!(code, 0, "{stdout}{stderr}");
+        assert!(stderr.contains(&format!("(epoch {epoch})")), "{stderr}");
+    }
 
     // The config now points at an empty checkpoint prefix: the tables are
     // ahead of it, and nothing runs until it is rebuilt from them.
@@ -549,9 +553,14 @@ fn a_moved_remote_checkpoint_is_refused_rebuilt_from_the_bucket_and_continued_an
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(stdout.contains("rebuilt checkpoint s3://lake/checkpoints/moved from the tables' Delta logs"), "{stdout}");
     assert!(stdout.contains("committed batches 0..=5"), "{stdout}");
+    // Its lease started again (the refused run: 1, the rebuild: 2, this
+    // run: 3), below the tables' fence: the new owner raises its epoch past
+    // it and runs on.
     let (code, stdout, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     place.assert_exactly_once(&ids(0..400));
+    let lease = String::from_utf8(s3.get_raw("lake", "checkpoints/moved/lease").unwrap()).unwrap();
+    assert!(lease.contains("\"epoch\":5"), "raised past the tables' epoch 4: {lease}");
 
     // While an owner runs (and renews its lease), a rebuild is refused.
     let live = remote_config(dir.path(), "live", &broker.bootstrap, 50, &place, "trigger = \"continuous\"\nlease_ms = 1000");

@@ -4,7 +4,9 @@
 //! owner id, epoch, lease length. Every change to it is a conditional write
 //! on its ETag, so two processes can never both believe they took it.
 //!
-//! - **Taking it.** No lease object: create it, epoch 1. A lease its owner
+//! - **Taking it.** No lease object: create it, epoch 1 (raised at once
+//!   past any epoch the tables record, see [`Lease::raise_epoch`]: a
+//!   rebuilt or moved checkpoint starts its lease anew, the tables do not). A lease its owner
 //!   released (clean stop): take it at once, epoch + 1. A held lease: wait
 //!   as a standby, and take it once its version has not changed for a whole
 //!   `lease_ms` as timed by the standby's own monotonic clock. No wall
@@ -81,7 +83,7 @@ struct Shared {
 pub struct Lease {
     shared: Arc<Shared>,
     keeper: Option<JoinHandle<()>>,
-    epoch: u64,
+    epoch: std::sync::atomic::AtomicU64,
     owner: String,
     lease_ms: u64,
 }
@@ -90,7 +92,7 @@ impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease")
             .field("owner", &self.owner)
-            .field("epoch", &self.epoch)
+            .field("epoch", &self.epoch())
             .finish_non_exhaustive()
     }
 }
@@ -185,7 +187,7 @@ impl Lease {
             return Ok(Lease {
                 shared,
                 keeper: Some(keeper),
-                epoch: next_epoch,
+                epoch: next_epoch.into(),
                 owner,
                 lease_ms,
             });
@@ -194,7 +196,40 @@ impl Lease {
 
     /// The epoch this process holds.
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Hold the lease under epoch `at_least` from now on (a compare-and-swap
+    /// of the lease object): for a new owner that finds the tables fenced by
+    /// a later epoch than its lease's, which a checkpoint rebuilt or moved
+    /// elsewhere restarts from 1. Fails if the lease was lost meanwhile.
+    pub fn raise_epoch(&self, at_least: u64) -> Result<u64, CheckpointError> {
+        let mut state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(why) = &state.lost {
+            return Err(self.lost(why.clone()));
+        }
+        let mut record = self.shared.record.lock().unwrap_or_else(|e| e.into_inner());
+        if record.epoch >= at_least {
+            return Ok(record.epoch);
+        }
+        let mut raised = record.clone();
+        raised.epoch = at_least;
+        raised.renewed_at_ms = now_ms();
+        let bytes = serde_json::to_vec(&raised).expect("a lease record serialises");
+        let io = |e| CheckpointError::Io { path: self.shared.blobs.url_of(KEY).into(), source: e };
+        match self.shared.blobs.replace(KEY, &bytes, &state.version).map_err(io)? {
+            Some(version) => {
+                state.version = version;
+                *record = raised;
+                self.epoch.store(at_least, std::sync::atomic::Ordering::SeqCst);
+                Ok(at_least)
+            }
+            None => {
+                let why = "another process took the lease over".to_owned();
+                state.lost = Some(why.clone());
+                Err(self.lost(why))
+            }
+        }
     }
 
     /// This process's owner id.
@@ -241,7 +276,7 @@ impl Lease {
     fn lost(&self, why: String) -> CheckpointError {
         CheckpointError::LeaseLost {
             checkpoint: self.shared.blobs.url_of(""),
-            epoch: self.epoch,
+            epoch: self.epoch(),
             why,
         }
     }

@@ -389,6 +389,15 @@ impl Checkpoint {
         }
     }
 
+    /// Hold the lease under an epoch of at least `at_least` (see
+    /// [`Lease::raise_epoch`]); the epoch held. `None` for a local checkpoint.
+    pub fn raise_epoch(&self, at_least: u64) -> Result<Option<u64>> {
+        match &self.ownership {
+            Ownership::Lease(l) => l.raise_epoch(at_least).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// Fails once this process no longer owns the checkpoint (a lost
     /// lease); a read-only view never owns it.
     pub fn check_owned(&self) -> Result<()> {

@@ -607,6 +607,29 @@ impl DeltaCommitter {
     /// metadata change), and any later one finds the newer epoch in the
     /// table and is refused before it is written. Returns the tables
     /// fenced now.
+    /// [`fence_tables`](Self::fence_tables) for a new owner: a table fenced
+    /// by a later epoch than this process's (its checkpoint was rebuilt or
+    /// moved, and the new lease started again from 1) raises this process's
+    /// epoch past it with `raise` (the lease) and fences again. A zombie
+    /// never gets here: it is past its start.
+    pub fn take_over(
+        mut self,
+        guard: Guard<'_>,
+        raise: &dyn Fn(u64) -> Result<Option<u64>, String>,
+    ) -> Result<(Self, Vec<String>), CommitError> {
+        for _ in 0..=self.tables.len() {
+            match self.fence_tables(guard) {
+                Err(CommitError::Fenced { table, fenced_by, .. }) => {
+                    let epoch = raise(fenced_by + 1).map_err(|why| CommitError::NotOwner { table, why })?;
+                    self.epoch = epoch;
+                }
+                other => return other.map(|fenced| (self, fenced)),
+            }
+        }
+        let fenced = self.fence_tables(guard)?;
+        Ok((self, fenced))
+    }
+
     pub fn fence_tables(&self, guard: Guard<'_>) -> Result<Vec<String>, CommitError> {
         let Some(epoch) = self.epoch else {
             return Ok(Vec::new());

@@ -409,11 +409,6 @@ impl Pipeline {
             .expect_existing(existing.collect::<Vec<_>>())
             .with_epoch(checkpoint.epoch());
         committer.ensure_tables().map_err(commit_err)?;
-        // A new owner of a remote checkpoint fences every table first, so
-        // nothing the previous owner still has in flight can land after.
-        committer
-            .fence_tables(&|| checkpoint.check_owned().map_err(|e| e.to_string()))
-            .map_err(commit_err)?;
         // The table is the truth: compare each with the checkpoint before
         // anything runs.
         let holdings = committer.holdings(FIND_COMMIT_DEPTH).map_err(commit_err)?;
@@ -424,6 +419,12 @@ impl Pipeline {
             &config.pipeline.id,
             &config_path,
         )?;
+        // A new owner of a remote checkpoint fences every table, so nothing
+        // the previous owner still has in flight can land after. After the
+        // agreement check: a start refused there adds no fence commit.
+        let raise = |at_least| checkpoint.raise_epoch(at_least).map_err(|e| e.to_string());
+        let (committer, _) =
+            committer.take_over(&|| checkpoint.check_owned().map_err(|e| e.to_string()), &raise).map_err(commit_err)?;
 
         let source = KafkaSource::connect(config.source_for(None))?;
 

@@ -240,10 +240,6 @@ impl KafkaSource {
             // drained a queue in the meantime.
             .set("fetch.queue.backoff.ms", "20")
             .set("group.id", "sluice");
-        // librdkafka takes its log level from the `log` crate's, which is
-        // off here: without this, the lines that say why a TLS handshake or
-        // a SASL authentication failed never reach the context.
-        client.set_log_level(rdkafka::config::RDKafkaLogLevel::Warning);
         for (k, v) in config.properties.iter() {
             client.set(k, v);
         }

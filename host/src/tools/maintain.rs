@@ -49,7 +49,8 @@ pub fn maintain(config: &PipelineConfig) -> Result<MaintainReport, MaintainError
     let tables = config.resolved_tables().into_iter().filter(|t| existing.contains(&t.name)).collect();
     let committer = DeltaCommitter::new(&config.pipeline.id, tables).map_err(CommitError::Io)?.with_epoch(checkpoint.epoch());
     let guard = || checkpoint.check_owned().map_err(|e| e.to_string());
-    committer.fence_tables(&guard)?;
+    let raise = |at_least| checkpoint.raise_epoch(at_least).map_err(|e| e.to_string());
+    let (committer, _) = committer.take_over(&guard, &raise)?;
     let retained_since = || {
         let last = checkpoint.last_committed().ok().flatten()?;
         checkpoint.planned(config.retention.first_kept(last)).ok().flatten().map(|p| p.planned_timestamp_ms)
