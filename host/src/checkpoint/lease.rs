@@ -24,6 +24,7 @@
 //!   every table on takeover (see `commit`): Delta's conflict check refuses
 //!   it.
 
+use crate::now_ms;
 use crate::checkpoint::CheckpointError;
 use crate::storage::blobs::{Blobs, Version};
 use serde::{Deserialize, Serialize};
@@ -264,7 +265,12 @@ impl Lease {
                 .lost = Some(why.clone());
             return Err(self.lost(why));
         }
-        renew(&self.shared, self.lease_ms);
+        // On a thread of its own: the caller may be inside an async
+        // runtime (the Delta commit's guard), where the store client's
+        // blocking call must not run.
+        std::thread::scope(|s| {
+            let _ = s.spawn(|| renew(&self.shared, self.lease_ms)).join();
+        });
         let state = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
         match &state.lost {
             Some(why) => Err(self.lost(why.clone())),
@@ -406,10 +412,4 @@ fn owner_id() -> String {
     );
     seed.copy_from_slice(&digest[..4]);
     format!("{host}/pid-{}/{}", std::process::id(), hex::encode(seed))
-}
-
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
