@@ -35,6 +35,12 @@ pub mod source;
 pub mod storage;
 pub mod tools;
 
+/// Wall-clock milliseconds since the Unix epoch (0 for a clock before it):
+/// planned timestamps, lease renewals, VACUUM retention, set-aside names.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
 pub use sandbox::batch_log::{Level, LogLine, LogSource};
 pub use error::{BatchError, BatchFailure, ErrorClass, LoadError, Result};
 pub use limits::{Limit, LimitExceeded, Limits};

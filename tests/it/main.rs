@@ -10,6 +10,7 @@ mod batch_tools;
 mod delta_commit;
 mod determinism;
 mod harness;
+mod host;
 mod hostile;
 mod hostile_output;
 mod hostile_sandbox;

@@ -4,10 +4,9 @@
 //! concurrent scrapes and garbage while the pipeline keeps committing.
 
 use crate::harness::*;
+use crate::host::Host;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// `GET path` on `addr`: (status, body). `None` if the connection fails.
@@ -26,29 +25,10 @@ fn metric(text: &str, name: &str) -> Option<f64> {
     text.lines().find(|l| l.starts_with(&format!("{name}{{"))).and_then(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
-/// `sluice run` in the background; its stderr lines on a channel.
-fn start(config: &std::path::Path) -> (Child, mpsc::Receiver<String>) {
-    let mut child = sluice(&["run", config.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        use std::io::BufRead;
-        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    (child, rx)
-}
-
 /// The endpoint address the process announces.
-fn announced(lines: &mpsc::Receiver<String>) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let line = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the endpoint is announced");
-        if let Some(rest) = line.split("metrics on http://").nth(1) {
-            return rest.split('/').next().unwrap().to_owned();
-        }
-    }
+fn announced(run: &mut Host) -> String {
+    let (_, line) = run.wait_line("metrics on http://", Duration::from_secs(60)).expect("the endpoint is announced");
+    line.split("metrics on http://").nth(1).unwrap().split('/').next().unwrap().to_owned()
 }
 
 /// Ask `path` until `want` holds for the answer (bounded): the state the
@@ -77,8 +57,8 @@ fn scraped_during_a_run_counters_move_readyz_follows_the_loop_and_a_thousand_scr
     std::fs::write(&config, text).unwrap();
     let ids = |r: std::ops::Range<usize>| r.map(|i| format!("id-{i:05}")).collect::<Vec<_>>();
     produce(&broker.bootstrap, "events", 2, &ids(0..200));
-    let (mut child, lines) = start(&config);
-    let addr = announced(&lines);
+    let mut run = Host::start("host", &config, &[]);
+    let addr = announced(&mut run);
 
     assert_eq!(get(&addr, "/healthz").unwrap(), (200, "ok\n".into()));
     let (_, first) = until(&addr, "/metrics", Duration::from_secs(60), |_, b| metric(b, "sluice_records_total") == Some(200.0));
@@ -124,8 +104,7 @@ fn scraped_during_a_run_counters_move_readyz_follows_the_loop_and_a_thousand_scr
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("not ready: owner, running, but the batch loop last turned "), "{body}");
     assert_eq!(get(&addr, "/healthz").unwrap().0, 200, "alive all the same");
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(run);
     assert_fan_out_exactly_once(dir.path(), &ids(0..400));
 }
 
@@ -151,23 +130,21 @@ fn a_standby_is_not_ready_until_it_takes_the_lease_over() {
         path
     };
     let (a, b) = (write("a"), write("b"));
-    let (mut owner, owner_lines) = start(&a);
-    let owner_addr = announced(&owner_lines);
+    let mut owner = Host::start("a", &a, &[]);
+    let owner_addr = announced(&mut owner);
     until(&owner_addr, "/readyz", Duration::from_secs(60), |s, _| s == 200);
-    let (mut standby, standby_lines) = start(&b);
-    let standby_addr = announced(&standby_lines);
+    let mut standby = Host::start("b", &b, &[]);
+    let standby_addr = announced(&mut standby);
     let (status, body) = until(&standby_addr, "/readyz", Duration::from_secs(60), |_, b| b.contains("standby"));
     assert_eq!(status, 503, "{body}");
     assert!(body.starts_with("not ready: standby: ") && body.contains("holds the lease (epoch 1)"), "{body}");
     assert_eq!(get(&standby_addr, "/healthz").unwrap().0, 200);
 
     // The owner stops: the standby takes over and becomes ready.
-    let _ = std::process::Command::new("kill").args(["-TERM", &owner.id().to_string()]).status();
-    assert_eq!(owner.wait().unwrap().code(), Some(0));
+    owner.signal("-TERM");
+    assert_eq!(owner.exit_code(Duration::from_secs(60)), Some(0), "{}", owner.output());
     let (status, body) = until(&standby_addr, "/readyz", Duration::from_secs(30), |s, _| s == 200);
     assert_eq!(status, 200, "{body}");
     let (_, metrics) = until(&standby_addr, "/metrics", Duration::from_secs(10), |_, b| b.contains("sluice_lease_epoch"));
     assert_eq!(metric(&metrics, "sluice_lease_epoch"), Some(2.0), "{metrics}");
-    let _ = standby.kill();
-    let _ = standby.wait();
 }

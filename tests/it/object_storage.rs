@@ -10,11 +10,9 @@
 
 use crate::crash::{KILL_POINTS, Outcome, run_once};
 use crate::harness::*;
+use crate::host::Host;
 use crate::object_servers::{AzuriteServer, S3Server};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const APP: &str = "fan-out";
@@ -256,98 +254,6 @@ fn kill_minus_9_at_every_step_with_checkpoint_and_tables_in_the_bucket_loses_and
     eprintln!("object-store crash test: {runs} killed runs ({} at named points, {random_kills} at random)", KILL_POINTS.len());
     let last = place.assert_exactly_once(&all);
     assert_eq!(last, [Some(29); 2], "900 records in batches of 30: batches 0..=29, none skipped");
-}
-
-/// A `sluice run` process whose output lines arrive, timestamped, on a
-/// channel: the tests wait for a line, never for a fixed time.
-struct Host {
-    name: &'static str,
-    child: Child,
-    lines: mpsc::Receiver<(Instant, String)>,
-    seen: Vec<String>,
-}
-
-impl Host {
-    fn start(name: &'static str, config: &Path, env: &[(&str, &str)]) -> Host {
-        let mut cmd = sluice(&["run", config.to_str().unwrap()]);
-        cmd.envs(env.iter().copied());
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-        let (tx, lines) = mpsc::channel();
-        for out in [Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>, Box::new(child.stderr.take().unwrap())] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = tx.send((Instant::now(), line));
-                }
-            });
-        }
-        Host { name, child, lines, seen: Vec::new() }
-    }
-
-    /// Wait (at most `within`) for a line containing `text`: when it came.
-    fn wait_for(&mut self, text: &str, within: Duration) -> Option<Instant> {
-        let deadline = Instant::now() + within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((at, line)) => {
-                    let hit = line.contains(text);
-                    self.seen.push(line);
-                    if hit {
-                        return Some(at);
-                    }
-                }
-                Err(_) => return None,
-            }
-        }
-    }
-
-    /// Keep reading its output for `time` (a random moment to kill it at).
-    fn watch(&mut self, time: Duration) {
-        let deadline = Instant::now() + time;
-        while let Ok((_, line)) = self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-            self.seen.push(line);
-        }
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = std::process::Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success(), "kill {signal} {}", self.name);
-    }
-
-    /// The exit code, waiting at most `within`.
-    fn exit_code(&mut self, within: Duration) -> Option<i32> {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                while let Ok((_, line)) = self.lines.recv_timeout(Duration::from_millis(200)) {
-                    self.seen.push(line);
-                }
-                return Some(status.code().unwrap_or(-1));
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            // Poll the process, collecting its output meanwhile.
-            if let Ok((_, line)) = self.lines.recv_timeout(Duration::from_millis(20)) {
-                self.seen.push(line);
-            }
-        }
-    }
-
-    fn output(&mut self) -> String {
-        while let Ok((_, line)) = self.lines.try_recv() {
-            self.seen.push(line);
-        }
-        self.seen.join("\n")
-    }
-}
-
-impl Drop for Host {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 const TOOK: &str = "took the lease on checkpoint";

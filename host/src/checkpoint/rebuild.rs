@@ -22,6 +22,7 @@
 //! the others is healed by the run (see `pipeline::agreement`). A run
 //! owning the checkpoint makes the rebuild refuse (the lock).
 
+use crate::now_ms;
 use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, PlannedBatch};
 use crate::commit::{BatchCommit, CommitError, DeltaCommitter};
 use crate::config::PipelineConfig;
@@ -200,9 +201,6 @@ pub fn rebuild(config: &PipelineConfig) -> Result<RebuildReport, RebuildError> {
     })
 }
 
-fn now_ms() -> u128 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis())
-}
 
 impl fmt::Display for RebuildReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -428,11 +428,9 @@ fn print_report(report: &(impl serde::Serialize + std::fmt::Display), json: bool
 fn batch_show(args: BatchShowArgs) -> Result<ExitCode> {
     let config = PipelineConfig::load(&args.config)?;
     let Some(info) = sluice::tools::batch_show::show(&config, args.batch)? else {
-        let first_kept =
-            sluice::checkpoint::Checkpoint::open_read_only_at(&config.checkpoint_place())
-                .and_then(|cp| Ok(cp.first_retained_plan().ok().flatten()))
-                .ok()
-                .flatten();
+        let first_kept = sluice::checkpoint::Checkpoint::open_read_only_at(&config.checkpoint_place())
+            .ok()
+            .and_then(|cp| cp.first_retained_plan().ok().flatten());
         if let Some(first_kept) = first_kept.filter(|&f| args.batch < f) {
             bail!("batch {} is no longer in the checkpoint: plans before batch {first_kept} were pruned (retention.batches)", args.batch);
         }

@@ -30,6 +30,7 @@
 pub mod maintenance;
 mod last_per_key;
 
+use crate::now_ms;
 use crate::output::{BatchOutput, StagedOp, StagedRows, WriteMode};
 use crate::source::records::SourceRange;
 use crate::storage::{Location, StorageOptions};
@@ -461,7 +462,17 @@ impl DeltaCommitter {
         let (mut done, mut failed) = (Vec::new(), Vec::new());
         self.runtime.block_on(async {
             for t in &self.tables {
-                let open = match self.latest(t).await {
+                // After a batch the kept table is the state this process just
+                // committed: looked at as it is, without reading the log
+                // again (a listing and a GET per table per batch in object
+                // storage). A step that finds it outdated fails Delta's
+                // conflict check and is tried when next due.
+                let kept = if force { None } else { self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&t.name) };
+                let open = match kept {
+                    Some(open) => Ok(open),
+                    None => self.latest(t).await,
+                };
+                let open = match open {
                     Ok(open) => open,
                     Err(e) => {
                         failed.push((t.name.clone(), "open", e));
@@ -1151,9 +1162,6 @@ fn small_files(table: &DeltaTable, target: u64) -> u64 {
     snapshot.log_data().iter().filter(|f| (f.size().max(0) as u64) < target).count() as u64
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 fn delta_err(t: &TableConfig) -> impl FnOnce(DeltaTableError) -> CommitError + '_ {
     move |source| CommitError::Delta {

@@ -28,6 +28,7 @@
 pub mod agreement;
 pub mod metrics;
 
+use crate::now_ms;
 use crate::checkpoint::attempt_log::{self, AttemptRecord, Outcome};
 use crate::checkpoint::lease::Standby;
 use crate::checkpoint::{Checkpoint, CheckpointError, CommittedBatch, Log, PlannedBatch};
@@ -46,7 +47,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 /// How many versions back to look for a batch's commit after a restart.
 const FIND_COMMIT_DEPTH: u64 = 64;
@@ -1111,9 +1112,6 @@ fn short(digest: &str) -> &str {
     &digest[..digest.len().min(16)]
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
 
 /// Where a batch's ranges leave each partition.
 pub fn range_ends(ranges: &[SourceRange]) -> BTreeMap<(String, i32), i64> {

@@ -5,6 +5,7 @@
 //! watermarks for lag. A part that cannot be read is reported as such; the
 //! rest is still shown.
 
+use crate::now_ms;
 use crate::checkpoint::lease::LeaseRecord;
 use crate::checkpoint::{Checkpoint, CommittedBatch, Holder, PlannedBatch};
 use crate::commit::{DeltaCommitter, TableState};
@@ -230,10 +231,4 @@ impl fmt::Display for Status {
         }
         Ok(())
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
 }
