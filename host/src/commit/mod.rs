@@ -463,10 +463,10 @@ impl DeltaCommitter {
         self.runtime.block_on(async {
             for t in &self.tables {
                 // After a batch the kept table is the state this process just
-                // committed: looked at as it is, without reading the log
-                // again (a listing and a GET per table per batch in object
-                // storage). A step that finds it outdated fails Delta's
-                // conflict check and is tried when next due.
+                // committed, with its txn known: looked at as it is, without
+                // reading the log again (a listing and a GET per table per
+                // batch in object storage). A step that finds it outdated
+                // fails Delta's conflict check and is tried when next due.
                 let kept = if force { None } else { self.open.lock().unwrap_or_else(|e| e.into_inner()).remove(&t.name) };
                 let open = match kept {
                     Some(open) => Ok(open),
@@ -490,12 +490,17 @@ impl DeltaCommitter {
                     (false, Some(before)) => maintenance::due(&t.maintenance, before, version, small),
                     (false, None) => maintenance::due(&t.maintenance, version, version, small),
                 };
+                let txn = open.txn;
                 let mut table = open.table;
                 if due.any() {
                     table = self.run_steps(t, table, due, small, retained_since_ms, guard, &mut done, &mut failed).await;
                 }
                 self.maintained.lock().unwrap_or_else(|e| e.into_inner()).insert(t.name.clone(), table.version().unwrap_or(version));
-                self.keep(t, OpenTable { table, txn: None });
+                // Maintenance commits carry no txn: the app's txn is unchanged,
+                // and keeping it known spares the next check a log replay
+                // (which, with no log checkpoint yet, reads every commit).
+                let txn = txn.map(|(_, known)| (table.version(), known));
+                self.keep(t, OpenTable { table, txn });
             }
         });
         (done, failed)
