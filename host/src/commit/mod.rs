@@ -28,60 +28,26 @@
 //!   committer wrote or last read.
 
 pub mod maintenance;
+mod column_type;
+mod evolution;
 mod last_per_key;
+
+pub use column_type::{ColumnType, NestedField};
 
 use crate::now_ms;
 use crate::output::{BatchOutput, StagedOp, StagedRows, WriteMode};
 use crate::source::records::SourceRange;
 use crate::storage::{Location, StorageOptions};
 use arrow_array::RecordBatch;
-use arrow_schema::{DataType as ArrowType, Field, Schema, SchemaRef};
+use arrow_schema::{Field, Schema, SchemaRef};
 use deltalake::kernel::transaction::CommitProperties;
-use deltalake::kernel::{DataType, PrimitiveType, StructField, Transaction};
+use deltalake::kernel::{StructField, Transaction};
 use deltalake::protocol::SaveMode;
 use deltalake::{DeltaTable, DeltaTableError};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
 use url::Url;
-
-/// A column type a table can declare.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ColumnType {
-    /// UTF-8 text.
-    String,
-    /// 64-bit integer.
-    Long,
-    /// 32-bit integer.
-    Integer,
-    /// 64-bit float.
-    Double,
-    /// true/false.
-    Boolean,
-}
-
-impl ColumnType {
-    fn arrow(self) -> ArrowType {
-        match self {
-            ColumnType::String => ArrowType::Utf8,
-            ColumnType::Long => ArrowType::Int64,
-            ColumnType::Integer => ArrowType::Int32,
-            ColumnType::Double => ArrowType::Float64,
-            ColumnType::Boolean => ArrowType::Boolean,
-        }
-    }
-
-    fn delta(self) -> DataType {
-        DataType::Primitive(match self {
-            ColumnType::String => PrimitiveType::String,
-            ColumnType::Long => PrimitiveType::Long,
-            ColumnType::Integer => PrimitiveType::Integer,
-            ColumnType::Double => PrimitiveType::Double,
-            ColumnType::Boolean => PrimitiveType::Boolean,
-        })
-    }
-}
 
 /// One column of a table.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,9 +82,14 @@ pub struct TableConfig {
     pub storage_options: StorageOptions,
     /// The schema, used to create the table and to check rows.
     pub columns: Vec<ColumnConfig>,
-    /// Key columns (for upserts and reconciliation).
+    /// Key columns (for upserts, deletes and reconciliation).
     #[serde(default)]
     pub keys: Vec<String>,
+    /// Partition columns, given when the table is created (Delta's
+    /// `partitionColumns`). Not serialised when empty, so configs without
+    /// it keep their digest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partition_by: Vec<String>,
     /// Log checkpoints, log cleanup, compaction and VACUUM. Not part of the
     /// config digest or bundles: maintenance changes no rows.
     #[serde(default, skip_serializing)]
@@ -126,13 +97,20 @@ pub struct TableConfig {
 }
 
 impl TableConfig {
+    /// Whether column `c` may hold nulls (key columns never do).
+    fn nullable(&self, c: &ColumnConfig) -> bool {
+        c.nullable && !self.keys.contains(&c.name)
+    }
+
     fn arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
-            self.columns
-                .iter()
-                .map(|c| Field::new(&c.name, c.data_type.arrow(), c.nullable && !self.keys.contains(&c.name)))
-                .collect::<Vec<_>>(),
+            self.columns.iter().map(|c| Field::new(&c.name, c.data_type.arrow(), self.nullable(c))).collect::<Vec<_>>(),
         ))
+    }
+
+    /// The declared columns as Delta fields.
+    fn delta_fields(&self) -> Vec<StructField> {
+        self.columns.iter().map(|c| StructField::new(c.name.clone(), c.data_type.delta(), self.nullable(c))).collect()
     }
 }
 
@@ -1061,7 +1039,23 @@ impl DeltaCommitter {
             });
         }
         crate::failpoint::hit("before-table-commit");
-        let table = open.table;
+        let mut table = open.table;
+        let added = evolution::columns_to_add(t, &table)?;
+        if !added.is_empty() {
+            // Its own commit, before the batch's: see `evolution`.
+            let names: Vec<&String> = added.iter().map(|f| f.name()).collect();
+            let metadata = serde_json::json!({
+                "pipeline_id": output.batch.pipeline_id,
+                "schema_change": { "added": names, "before_batch": output.batch.batch_id },
+                "lease_epoch": self.epoch,
+            });
+            let props = sluice_commit().with_metadata([("sluice".to_owned(), metadata)]);
+            table = match table.add_columns().with_fields(added).with_commit_properties(props).await {
+                Ok(table) => table,
+                Err(e) => return Err(self.fenced_or(t, delta_err(t)(e)).await),
+            };
+            crate::failpoint::hit("after-schema-change");
+        }
         let metadata = serde_json::json!({
             "pipeline_id": output.batch.pipeline_id,
             "batch_id": output.batch.batch_id,
@@ -1302,37 +1296,17 @@ async fn open_or_create(t: &TableConfig, may_create: bool) -> Result<DeltaTable,
                 path: t.path.to_string(),
             });
         }
-        let columns: Vec<StructField> = t
-            .columns
-            .iter()
-            .map(|c| StructField::new(c.name.clone(), c.data_type.delta(), c.nullable && !t.keys.contains(&c.name)))
-            .collect();
-        return table.create().with_table_name(&t.name).with_columns(columns).await.map_err(delta_err(t));
+        return table
+            .create()
+            .with_table_name(&t.name)
+            .with_columns(t.delta_fields())
+            .with_partition_columns(t.partition_by.clone())
+            .await
+            .map_err(delta_err(t));
     }
-    let actual = table.snapshot().map_err(delta_err(t))?.snapshot().arrow_schema();
-    let expected = t.arrow_schema();
-    for field in expected.fields() {
-        match actual.field_with_name(field.name()) {
-            Err(_) => {
-                return Err(CommitError::Schema {
-                    table: t.name.clone(),
-                    what: format!("the existing table has no column `{}` (declared {:?})", field.name(), field.data_type()),
-                });
-            }
-            Ok(f) if f.data_type() != field.data_type() => {
-                return Err(CommitError::Schema {
-                    table: t.name.clone(),
-                    what: format!(
-                        "column `{}` is {:?} in the existing table but declared {:?}",
-                        field.name(),
-                        f.data_type(),
-                        field.data_type()
-                    ),
-                });
-            }
-            Ok(_) => {}
-        }
-    }
+    // Columns the config adds are added by the next batch's commit; any
+    // other difference is refused now.
+    evolution::columns_to_add(t, &table)?;
     Ok(table)
 }
 
@@ -1431,10 +1405,18 @@ fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordB
 fn decode_all(ops: &[&StagedOp], schema: &SchemaRef) -> Result<Vec<RecordBatch>, String> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
     let per_thread = ops.len().div_ceil(threads).max(1);
+    // Each op's first row among all the table's staged rows, for errors.
+    let firsts: Vec<u64> = ops.iter().scan(0, |n, op| {
+        let first = *n;
+        *n += op.row_count;
+        Some(first)
+    }).collect();
     let decode_slice = |slice: &[&StagedOp]| -> Result<Vec<RecordBatch>, String> {
         let mut out = Vec::new();
         for op in slice {
-            out.extend(decode(&op.rows, schema)?);
+            // Ops are compared by address: `slice` is a piece of `ops`.
+            let at = ops.iter().position(|o| std::ptr::eq(*o, *op)).expect("op of ops");
+            out.extend(decode(&op.rows, schema, firsts[at])?);
         }
         Ok(out)
     };
@@ -1456,15 +1438,20 @@ fn decode_all(ops: &[&StagedOp], schema: &SchemaRef) -> Result<Vec<RecordBatch>,
     Ok(batches)
 }
 
-/// Rows as Arrow record batches of the table's schema.
-fn decode(rows: &StagedRows, schema: &SchemaRef) -> Result<Vec<RecordBatch>, String> {
+/// Rows as Arrow record batches of the table's schema; `first` is the
+/// number of the first row among the table's staged rows, for errors.
+fn decode(rows: &StagedRows, schema: &SchemaRef, first: u64) -> Result<Vec<RecordBatch>, String> {
     match rows {
         StagedRows::JsonLines(b) => {
+            check_decimals(b, schema, first)?;
             let reader = arrow_json::ReaderBuilder::new(schema.clone())
                 .with_strict_mode(true)
                 .build(std::io::Cursor::new(b))
                 .map_err(|e| format!("rows do not fit the schema: {e}"))?;
-            reader.collect::<Result<Vec<_>, _>>().map_err(|e| format!("rows do not fit the schema: {e}"))
+            reader.collect::<Result<Vec<_>, _>>().map_err(|e| match failing_row(b, schema) {
+                Some((i, row, why)) => format!("row {} ({}) does not fit: {why}", first + i as u64, excerpt(row)),
+                None => format!("rows do not fit the schema: {e}"),
+            })
         }
         // Decoded and validated when staged: only the columns are matched
         // to the table here, which shares them rather than copying.
@@ -1476,15 +1463,62 @@ fn decode(rows: &StagedRows, schema: &SchemaRef) -> Result<Vec<RecordBatch>, Str
                     .iter()
                     .map(|f| {
                         let col = batch.column_by_name(f.name()).ok_or_else(|| format!("Arrow rows lack column `{}`", f.name()))?;
-                        if col.data_type() != f.data_type() {
-                            return Err(format!("Arrow column `{}` is {:?}, the table has {:?}", f.name(), col.data_type(), f.data_type()));
-                        }
-                        Ok(col.clone())
+                        column_type::fit_arrow(col, f.data_type()).map_err(|e| format!("Arrow column `{}` {e}", f.name()))
                     })
                     .collect::<Result<Vec<_>, String>>()?;
                 out.push(RecordBatch::try_new(schema.clone(), columns).map_err(|e| format!("Arrow rows do not fit: {e}"))?);
             }
             Ok(out)
         }
+    }
+}
+
+/// Decimal values checked digit by digit (Arrow's reader would drop the
+/// digits past the scale). Only tables with decimal columns pay for it.
+fn check_decimals(lines: &[u8], schema: &SchemaRef, first: u64) -> Result<(), String> {
+    let decimals: Vec<(&str, ColumnType)> = schema
+        .fields()
+        .iter()
+        .filter_map(|f| {
+            let t = ColumnType::from_arrow_field(f)?;
+            t.has_decimal().then(|| (f.name().as_str(), t))
+        })
+        .collect();
+    if decimals.is_empty() {
+        return Ok(());
+    }
+    for (i, line) in lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()).enumerate() {
+        let Some(row) = crate::output::json_text::parse(line) else { continue };
+        for (name, t) in &decimals {
+            if let Some(v) = row.get(name) {
+                t.check_decimals(v)
+                    .map_err(|e| format!("row {} ({}), column `{name}`: {e}", first + i as u64, excerpt(line)))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The first row of `lines` Arrow's reader refuses: its index, its text and
+/// the reader's reason (naming the field and the value). Only run once
+/// decoding failed, so the batch of one row per read costs nothing usually.
+fn failing_row<'a>(lines: &'a [u8], schema: &SchemaRef) -> Option<(usize, &'a [u8], String)> {
+    let reader = arrow_json::ReaderBuilder::new(schema.clone())
+        .with_strict_mode(true)
+        .with_batch_size(1)
+        .build(std::io::Cursor::new(lines))
+        .ok()?;
+    let (i, e) = reader.enumerate().find_map(|(i, r)| r.err().map(|e| (i, e)))?;
+    let row = lines.split(|b| *b == b'\n').filter(|l| !l.is_empty()).nth(i)?;
+    Some((i, row, e.to_string().trim_start_matches("Json error: ").to_owned()))
+}
+
+/// A row's text, cut short for an error message.
+fn excerpt(row: &[u8]) -> String {
+    const MAX: usize = 200;
+    let text = String::from_utf8_lossy(row);
+    match text.char_indices().nth(MAX) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.into_owned(),
     }
 }

@@ -27,6 +27,7 @@ mod digest;
 mod fuzz;
 mod ipc_stream;
 mod json_rows;
+pub(crate) mod json_text;
 
 use ipc_stream::arrow_rows;
 pub(crate) use json_rows::JsonRows;
