@@ -99,7 +99,7 @@ pub mod __private {
     /// The only `wit_bindgen::generate!` site: everything else wraps it.
     pub mod bindings {
         wit_bindgen::generate!({
-            path: "../wit",
+            path: "../wit/v0.2.0",
             world: "sink",
             // Imports take borrowed arguments, so staging rows or logging fields
             // does not copy them into owned strings first.

@@ -47,6 +47,20 @@ impl Table {
         self.stage_json(WriteMode::Upsert(keys), rows)
     }
 
+    /// Stages deletes of the rows whose `keys` columns equal those of `rows`
+    /// (JSON objects; members other than the keys are ignored, so a change
+    /// event's `before` image can be passed as it is).
+    ///
+    /// Upserts and deletes of a table in one batch apply in staging order,
+    /// the last for a key winning, as one MERGE; both must use the same keys.
+    pub fn delete_json<I>(&self, keys: &[&str], rows: I) -> Result<(), StageError>
+    where
+        I: IntoIterator,
+        I::Item: Into<String>,
+    {
+        self.stage_json(WriteMode::Delete(keys), rows)
+    }
+
     /// Stages the rows of the file at `path` (relative to `/staging`, or
     /// absolute under `/staging/`) to be appended. The host reads the file
     /// now: later changes to it have no effect.
@@ -68,10 +82,20 @@ impl Table {
         )
     }
 
+    /// Stages deletes of the keys in the file at `path`; see
+    /// [`delete_json`](Self::delete_json) and [`append_file`](Self::append_file).
+    pub fn delete_file(&self, keys: &[&str], path: &str, format: FileFormat) -> Result<(), StageError> {
+        self.stage(WriteMode::Delete(keys), Rows::File((path, format.into_wit())))
+    }
+
     /// Stages the rows of `batch` to be appended, as an Arrow IPC stream:
     /// the bulk form, with no per-row encoding or parsing. Its columns must
-    /// match the table's by name and type (`Utf8`, `Int64`, `Int32`,
-    /// `Float64`, `Boolean`), which the commit checks.
+    /// match the table's by name and type, which the commit checks: the
+    /// Arrow type Delta gives each column type (`timestamp` is
+    /// `Timestamp(Microsecond, "UTC")` or `"+00:00"`, `timestamp_ntz` the same without a
+    /// zone, `date` `Date32`, `decimal(p,s)` `Decimal128(p,s)`, `binary`
+    /// `Binary`, `array` `List`, `map` `Map`, `struct` `Struct`). List and
+    /// map child field names do not matter.
     ///
     /// The stream goes through a file under `/staging` that this call
     /// creates (a name no other file has) and removes once the host has read
@@ -90,6 +114,13 @@ impl Table {
     #[cfg(feature = "arrow")]
     pub fn upsert_arrow(&self, keys: &[&str], batch: &arrow_array::RecordBatch) -> Result<(), StageError> {
         crate::arrow::stage(&self.name, WriteMode::Upsert(keys), batch)
+    }
+
+    /// Stages deletes of the keys in `batch` (its `keys` columns; other
+    /// columns are ignored); see [`delete_json`](Self::delete_json).
+    #[cfg(feature = "arrow")]
+    pub fn delete_arrow(&self, keys: &[&str], batch: &arrow_array::RecordBatch) -> Result<(), StageError> {
+        crate::arrow::stage(&self.name, WriteMode::Delete(keys), batch)
     }
 
     fn stage_json<I>(&self, mode: WriteMode<'_>, rows: I) -> Result<(), StageError>

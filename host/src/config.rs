@@ -235,12 +235,33 @@ impl PipelineConfig {
                 if !columns.insert(&c.name) {
                     return Err((format!("tables[{i}].columns[{j}].name"), format!("column `{}` is declared twice", c.name)));
                 }
+                if c.name.starts_with("__sluice") {
+                    return Err((format!("tables[{i}].columns[{j}].name"), format!("`{}`: names starting with `__sluice` are the host's own", c.name)));
+                }
             }
             if t.columns.is_empty() {
                 return Err((format!("tables[{i}].columns"), format!("table `{}` needs at least one column", t.name)));
             }
             if let Some(k) = t.keys.iter().find(|k| !columns.contains(k)) {
                 return Err((format!("tables[{i}].keys"), format!("key `{k}` is not a column of table `{}`", t.name)));
+            }
+            let mut partitions = BTreeSet::new();
+            for p in &t.partition_by {
+                let Some(c) = t.columns.iter().find(|c| &c.name == p) else {
+                    return Err((format!("tables[{i}].partition_by"), format!("`{p}` is not a column of table `{}`", t.name)));
+                };
+                if !c.data_type.partitionable() {
+                    return Err((
+                        format!("tables[{i}].partition_by"),
+                        format!("column `{p}` is {}: partition by a string, integer, boolean, date, timestamp or decimal column", c.data_type),
+                    ));
+                }
+                if !partitions.insert(p) {
+                    return Err((format!("tables[{i}].partition_by"), format!("`{p}` is named twice")));
+                }
+            }
+            if partitions.len() == t.columns.len() {
+                return Err((format!("tables[{i}].partition_by"), "a table needs at least one column that is not a partition column".into()));
             }
         }
         if self.retention.batches == 0 {

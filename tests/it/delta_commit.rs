@@ -18,6 +18,7 @@ pub fn orders_table(dir: &Path) -> TableConfig {
         path: dir.join("orders").into(),
         storage_options: Default::default(),
         maintenance: Default::default(),
+        partition_by: vec![],
         columns: vec![
             col("order_id", ColumnType::String),
             col("customer", ColumnType::String),
@@ -36,6 +37,7 @@ fn events_table(dir: &Path) -> TableConfig {
         path: dir.join("events").into(),
         storage_options: Default::default(),
         maintenance: Default::default(),
+        partition_by: vec![],
         columns: vec![
             col("topic", ColumnType::String),
             col("partition", ColumnType::Integer),

@@ -327,7 +327,15 @@ impl ReadBack {
 /// Read the table at `path` with Python `deltalake` (`make test` installs
 /// it and sets `SLUICE_PYTHON`).
 pub fn read_delta(path: &std::path::Path, app_id: &str) -> ReadBack {
-    read_delta_table(path.as_os_str(), app_id, None)
+    read_delta_table(path.as_os_str(), app_id, None, None)
+}
+
+/// [`read_delta`] with partition filters `(column, op, value)`, which the
+/// reader prunes files by: only matching rows, and only matching files in
+/// `files`.
+pub fn read_delta_partitions(path: &std::path::Path, app_id: &str, filters: &[(&str, &str, &str)]) -> ReadBack {
+    let filters = serde_json::to_string(&filters.iter().map(|(c, o, v)| [c, o, v]).collect::<Vec<_>>()).unwrap();
+    read_delta_table(path.as_os_str(), app_id, None, Some(&filters))
 }
 
 /// Read the table at the object-store URL `uri` (`s3://bucket/path`,
@@ -343,6 +351,7 @@ pub fn read_delta_at(uri: &str, app_id: &str, options: &[(String, String)]) -> R
         std::ffi::OsStr::new(uri),
         app_id,
         Some(&Value::Object(options).to_string()),
+        None,
     )
 }
 
@@ -350,7 +359,7 @@ pub fn read_delta_at(uri: &str, app_id: &str, options: &[(String, String)]) -> R
 /// storage options go in the environment, as JSON, not on the command line
 /// (they hold keys); `None` removes any inherited value, so a local read
 /// never picks up another store's options.
-fn read_delta_table(table: &std::ffi::OsStr, app_id: &str, options: Option<&str>) -> ReadBack {
+fn read_delta_table(table: &std::ffi::OsStr, app_id: &str, options: Option<&str>, partitions: Option<&str>) -> ReadBack {
     let python = std::env::var("SLUICE_PYTHON")
         .unwrap_or_else(|_| panic!("SLUICE_PYTHON is not set: run the tests with `make test`, which installs the Delta reader"));
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/reader/read_delta.py");
@@ -360,6 +369,10 @@ fn read_delta_table(table: &std::ffi::OsStr, app_id: &str, options: Option<&str>
         match options {
             Some(json) => cmd.env("SLUICE_READER_STORAGE_OPTIONS", json),
             None => cmd.env_remove("SLUICE_READER_STORAGE_OPTIONS"),
+        };
+        match partitions {
+            Some(json) => cmd.env("SLUICE_READER_PARTITIONS", json),
+            None => cmd.env_remove("SLUICE_READER_PARTITIONS"),
         };
         cmd.output().unwrap()
     };

@@ -28,3 +28,4 @@ mod secured_kafka;
 mod seed_incident;
 mod source_agreement;
 mod staging;
+mod table_types;

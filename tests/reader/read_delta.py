@@ -12,8 +12,17 @@ object of strings, so that secrets stay out of the command line.
 
 `txn` is the table's transaction version for APP_ID (the last batch id the
 pipeline committed), or null.
+
+Values JSON has no type for are written exactly, as text: a decimal in
+positional notation with all its scale digits (`12.30`), a timestamp or
+date in ISO 8601 (`1969-12-31T23:59:59.999999+00:00`), bytes in hex; a map
+as a list of `[key, value]` pairs. SLUICE_READER_PARTITIONS, if set, is a
+JSON list of `[column, op, value]` partition filters: only the matching
+rows are read, and `files` counts only the matching files.
 """
 
+import datetime
+import decimal
 import json
 import os
 import sys
@@ -27,11 +36,24 @@ def main() -> None:
     # Unset or empty: no options, as for a local directory (deltalake takes
     # None as "none given", the same as before this variable existed).
     options = json.loads(os.environ.get("SLUICE_READER_STORAGE_OPTIONS") or "null")
+    partitions = [tuple(f) for f in json.loads(os.environ.get("SLUICE_READER_PARTITIONS") or "null") or []] or None
     table = DeltaTable(path, storage_options=options)
-    rows = table.to_pyarrow_table().to_pylist()
+    rows = table.to_pyarrow_table(partitions=partitions).to_pylist()
     txn = table.transaction_version(app_id) if app_id else None
-    json.dump({"version": table.version(), "txn": txn, "rows": rows, "files": len(table.file_uris())}, sys.stdout)
+    files = len(table.file_uris(partition_filters=partitions))
+    json.dump({"version": table.version(), "txn": txn, "rows": rows, "files": files}, sys.stdout, default=exact)
     sys.stdout.flush()
+
+
+def exact(value):
+    """The JSON text of a value json cannot write itself."""
+    if isinstance(value, decimal.Decimal):
+        return format(value, "f")
+    if isinstance(value, (datetime.datetime, datetime.date)):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(f"cannot write {type(value).__name__} {value!r}")
 
 
 if __name__ == "__main__":

@@ -219,15 +219,28 @@ fn same_shape(actual: &ArrowType, expected: &ArrowType) -> bool {
     match (actual, expected) {
         // A column that cannot hold nulls fits one that may.
         (ArrowType::List(a), ArrowType::List(b)) => (!a.is_nullable() || b.is_nullable()) && same_shape(a.data_type(), b.data_type()),
-        (ArrowType::Map(a, _), ArrowType::Map(b, _)) => same_shape(a.data_type(), b.data_type()),
+        // Key and value fields are named by position, whatever their names.
+        (ArrowType::Map(a, _), ArrowType::Map(b, _)) => match (a.data_type(), b.data_type()) {
+            (ArrowType::Struct(a), ArrowType::Struct(b)) => {
+                a.len() == 2 && b.len() == 2 && a.iter().zip(b.iter()).all(|(a, b)| same_shape(a.data_type(), b.data_type()))
+            }
+            _ => false,
+        },
         (ArrowType::Struct(a), ArrowType::Struct(b)) => {
             a.len() == b.len()
                 && a.iter().zip(b.iter()).all(|(a, b)| {
                     a.name() == b.name() && (!a.is_nullable() || b.is_nullable()) && same_shape(a.data_type(), b.data_type())
                 })
         }
+        // Zone names Arrow writers use for UTC are all UTC (Arrow's JSON
+        // reader in a guest knows only offsets, `+00:00`).
+        (ArrowType::Timestamp(a, Some(za)), ArrowType::Timestamp(b, Some(zb))) => a == b && is_utc(za) && is_utc(zb),
         _ => actual == expected,
     }
+}
+
+fn is_utc(zone: &str) -> bool {
+    matches!(zone, "UTC" | "Z" | "+00:00" | "+0000" | "+00" | "Etc/UTC" | "utc")
 }
 
 /// The same buffers under `to`'s field names, all the way down.

@@ -31,6 +31,7 @@ pub mod maintenance;
 mod column_type;
 mod evolution;
 mod last_per_key;
+mod merge_rows;
 
 pub use column_type::{ColumnType, NestedField};
 
@@ -388,6 +389,12 @@ pub struct LogEntry {
     pub rows: Option<u64>,
     /// Rows Delta reports writing: appended, or inserted plus updated.
     pub rows_written: Option<u64>,
+    /// Keys the commit was asked to delete (a delete of a key the table
+    /// does not hold changes nothing, so Delta may report fewer).
+    pub deletes: Option<u64>,
+    /// Whether this pipeline made the commit (a batch, maintenance or a
+    /// schema change).
+    pub by_sluice: bool,
     /// The change in the table's row count, when Delta reports it.
     pub rows_added: Option<i64>,
 }
@@ -1067,6 +1074,7 @@ impl DeltaCommitter {
             "records": output.records_in,
             // What this transaction writes (upserts: one row per key), for `sluice reconcile`.
             "rows": write.rows(),
+            "deletes": write.deletes(),
             "lease_epoch": self.epoch,
         });
         let props = sluice_commit()
@@ -1080,7 +1088,7 @@ impl DeltaCommitter {
                     .with_commit_properties(props)
                     .await
                     .map_err(delta_err(t))?,
-                Prepared::Upsert { keys, batches } => {
+                Prepared::Upsert { keys, deletes, batches, .. } => {
                     let ctx = deltalake::datafusion::prelude::SessionContext::new();
                     let source = ctx
                         .read_batches(batches)
@@ -1091,17 +1099,24 @@ impl DeltaCommitter {
                         .collect::<Vec<_>>()
                         .join(" AND ");
                     let columns: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
-                    let (table, _metrics) = table
-                        .merge(source, predicate)
-                        .with_source_alias("source")
-                        .with_target_alias("target")
+                    // Update, insert and delete in one MERGE: a source row
+                    // marked deleted removes its key, any other upserts it.
+                    let deleted = format!("source.`{}`", merge_rows::DELETED);
+                    let kept = format!("NOT {deleted}");
+                    let mut merge = table.merge(source, predicate).with_source_alias("source").with_target_alias("target");
+                    if deletes {
+                        merge = merge.when_matched_delete(|d| d.predicate(deleted.clone())).map_err(delta_err(t))?;
+                    }
+                    let (table, _metrics) = merge
                         .when_matched_update(|u| {
+                            let u = if deletes { u.predicate(kept.clone()) } else { u };
                             columns.iter().fold(u, |u, c| {
                                 u.update(format!("`{c}`"), format!("source.`{c}`"))
                             })
                         })
                         .and_then(|m| {
                             m.when_not_matched_insert(|i| {
+                                let i = if deletes { i.predicate(kept.clone()) } else { i };
                                 columns.iter().fold(i, |i, c| {
                                     i.set(format!("`{c}`"), format!("source.`{c}`"))
                                 })
@@ -1247,6 +1262,8 @@ fn log_entry(version: u64, bytes: &[u8], app_id: &str) -> LogEntry {
         records: None,
         rows: None,
         rows_written: None,
+        deletes: None,
+        by_sluice: false,
         rows_added: None,
     };
     for line in bytes.split(|&b| b == b'\n') {
@@ -1266,6 +1283,8 @@ fn log_entry(version: u64, bytes: &[u8], app_id: &str) -> LogEntry {
             e.output_digest = meta["output_digest"].as_str().map(str::to_owned);
             e.records = meta["records"].as_u64();
             e.rows = meta["rows"].as_u64();
+            e.deletes = meta["deletes"].as_u64();
+            e.by_sluice = true;
         }
         let m = &info["operationMetrics"];
         let n = |k: &str| m[k].as_i64();
@@ -1277,7 +1296,7 @@ fn log_entry(version: u64, bytes: &[u8], app_id: &str) -> LogEntry {
                 _ => (None, None),
             },
             "DELETE" => (Some(0), n("num_deleted_rows").map(|d| -d)),
-            "OPTIMIZE" | "VACUUM START" | "VACUUM END" | "SET TBLPROPERTIES" => (Some(0), Some(0)),
+            "OPTIMIZE" | "VACUUM START" | "VACUUM END" | "SET TBLPROPERTIES" | "ADD COLUMN" => (Some(0), Some(0)),
             _ => (None, None),
         };
     }
@@ -1313,13 +1332,24 @@ async fn open_or_create(t: &TableConfig, may_create: bool) -> Result<DeltaTable,
 /// What one table's transaction writes.
 enum Prepared {
     Append(Vec<RecordBatch>),
-    Upsert { keys: Vec<String>, batches: Vec<RecordBatch> },
+    /// A MERGE of one source row per key; with `deletes`, the rows carry
+    /// [`merge_rows::DELETED`] and those delete their key.
+    Upsert { keys: Vec<String>, deletes: bool, deleted: usize, batches: Vec<RecordBatch> },
 }
 
 impl Prepared {
+    /// Rows to write: appended, or upserted (one per key).
     fn rows(&self) -> usize {
         let (Prepared::Append(batches) | Prepared::Upsert { batches, .. }) = self;
-        batches.iter().map(RecordBatch::num_rows).sum()
+        batches.iter().map(RecordBatch::num_rows).sum::<usize>() - self.deletes().unwrap_or(0)
+    }
+
+    /// Keys to delete, when the batch deletes.
+    fn deletes(&self) -> Option<usize> {
+        match self {
+            Prepared::Upsert { deletes: true, deleted, .. } => Some(*deleted),
+            _ => None,
+        }
     }
 }
 
@@ -1327,34 +1357,39 @@ fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> 
     let schema_err = |what: String| CommitError::Schema { table: t.name.clone(), what };
     let schema = t.arrow_schema();
     let modes: Vec<&WriteMode> = ops.iter().map(|op| &op.mode).collect();
-    if modes.windows(2).any(|w| w[0] != w[1]) {
-        return Err(schema_err("a batch must stage either appends or upserts on the same keys to a table, not a mix".into()));
+    if modes.windows(2).any(|w| w[0].keys() != w[1].keys() || w[0].merge_keys().is_some() != w[1].merge_keys().is_some()) {
+        return Err(schema_err(
+            "a batch must stage either appends, or upserts and deletes on the same keys, to a table, not a mix".into(),
+        ));
     }
     let mut batches = Vec::new();
-    match modes.first() {
-        None | Some(WriteMode::Append) => {
-            batches = coalesce(&schema, decode_all(ops, &schema).map_err(schema_err)?).map_err(schema_err)?;
-            if batches.is_empty() {
-                // No rows for this table: still commit, so the transaction
-                // records that the table has seen this batch.
-                batches.push(RecordBatch::new_empty(schema));
-            }
-            Ok(Prepared::Append(batches))
+    let Some(keys) = modes.first().and_then(|m| m.merge_keys()) else {
+        batches = coalesce(&schema, decode_all(ops, &schema).map_err(schema_err)?).map_err(schema_err)?;
+        if batches.is_empty() {
+            // No rows for this table: still commit, so the transaction
+            // records that the table has seen this batch.
+            batches.push(RecordBatch::new_empty(schema));
         }
-        Some(WriteMode::Upsert { keys }) => {
-            if let Some(k) = keys.iter().find(|k| !t.columns.iter().any(|c| &c.name == *k)) {
-                return Err(schema_err(format!("upsert key `{k}` is not a column")));
-            }
-            let decoded = decode_all(ops, &schema).map_err(schema_err)?;
-            if decoded.iter().all(|b| b.num_rows() == 0) {
-                // Nothing to merge (a MERGE needs a source with rows): commit
-                // an empty write, so the table still records the batch.
-                return Ok(Prepared::Append(vec![RecordBatch::new_empty(schema)]));
-            }
-            batches.push(last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?);
-            Ok(Prepared::Upsert { keys: keys.clone(), batches })
-        }
+        return Ok(Prepared::Append(batches));
+    };
+    if let Some(k) = keys.iter().find(|k| !t.columns.iter().any(|c| &c.name == *k)) {
+        return Err(schema_err(format!("key `{k}` is not a column")));
     }
+    let deletes = modes.iter().any(|m| matches!(m, WriteMode::Delete { .. }));
+    let (schema, decoded) = if deletes {
+        merge_rows::decode(&schema, keys, ops).map_err(schema_err)?
+    } else {
+        (schema.clone(), decode_all(ops, &schema).map_err(schema_err)?)
+    };
+    if decoded.iter().all(|b| b.num_rows() == 0) {
+        // Nothing to merge (a MERGE needs a source with rows): commit an
+        // empty write, so the table still records the batch.
+        return Ok(Prepared::Append(vec![RecordBatch::new_empty(t.arrow_schema())]));
+    }
+    let last = last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?;
+    let deleted = if deletes { merge_rows::deleted(&last) } else { 0 };
+    batches.push(last);
+    Ok(Prepared::Upsert { keys: keys.to_vec(), deletes, deleted, batches })
 }
 
 /// Runs of small record batches (many small staged operations, each its own
@@ -1402,24 +1437,34 @@ fn coalesce(schema: &SchemaRef, batches: Vec<RecordBatch>) -> Result<Vec<RecordB
 /// Every op's rows as Arrow record batches, in op order, decoded on up to
 /// two threads: decoding JSON was a third of the commit step. The error is
 /// the first failing op's, as when decoding one op after another.
-fn decode_all(ops: &[&StagedOp], schema: &SchemaRef) -> Result<Vec<RecordBatch>, String> {
+pub(super) fn decode_all(ops: &[&StagedOp], schema: &SchemaRef) -> Result<Vec<RecordBatch>, String> {
+    decode_each(ops, |op, first| decode(&op.rows, schema, first))
+}
+
+/// [`decode_all`] with `decode_op(op, first row number)` for each op.
+pub(super) fn decode_each(
+    ops: &[&StagedOp],
+    decode_op: impl Fn(&StagedOp, u64) -> Result<Vec<RecordBatch>, String> + Sync,
+) -> Result<Vec<RecordBatch>, String> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(2);
     let per_thread = ops.len().div_ceil(threads).max(1);
-    // Each op's first row among all the table's staged rows, for errors.
-    let firsts: Vec<u64> = ops.iter().scan(0, |n, op| {
-        let first = *n;
-        *n += op.row_count;
-        Some(first)
-    }).collect();
-    let decode_slice = |slice: &[&StagedOp]| -> Result<Vec<RecordBatch>, String> {
+    // Each op with its first row among all the table's staged rows, for errors.
+    let ops: Vec<(u64, &StagedOp)> = ops
+        .iter()
+        .scan(0, |n, op| {
+            let first = *n;
+            *n += op.row_count;
+            Some((first, *op))
+        })
+        .collect();
+    let decode_slice = |slice: &[(u64, &StagedOp)]| -> Result<Vec<RecordBatch>, String> {
         let mut out = Vec::new();
-        for op in slice {
-            // Ops are compared by address: `slice` is a piece of `ops`.
-            let at = ops.iter().position(|o| std::ptr::eq(*o, *op)).expect("op of ops");
-            out.extend(decode(&op.rows, schema, firsts[at])?);
+        for (first, op) in slice {
+            out.extend(decode_op(op, *first)?);
         }
         Ok(out)
     };
+    let ops = &ops[..];
     if ops.len() < 2 || threads < 2 {
         return decode_slice(ops);
     }
@@ -1441,14 +1486,20 @@ fn decode_all(ops: &[&StagedOp], schema: &SchemaRef) -> Result<Vec<RecordBatch>,
 /// Rows as Arrow record batches of the table's schema; `first` is the
 /// number of the first row among the table's staged rows, for errors.
 fn decode(rows: &StagedRows, schema: &SchemaRef, first: u64) -> Result<Vec<RecordBatch>, String> {
+    decode_with(rows, schema, first, true)
+}
+
+/// [`decode`]; with `strict` false, members and columns the schema lacks
+/// are ignored (a delete's rows: only their keys are read).
+pub(super) fn decode_with(rows: &StagedRows, schema: &SchemaRef, first: u64, strict: bool) -> Result<Vec<RecordBatch>, String> {
     match rows {
         StagedRows::JsonLines(b) => {
             check_decimals(b, schema, first)?;
             let reader = arrow_json::ReaderBuilder::new(schema.clone())
-                .with_strict_mode(true)
+                .with_strict_mode(strict)
                 .build(std::io::Cursor::new(b))
                 .map_err(|e| format!("rows do not fit the schema: {e}"))?;
-            reader.collect::<Result<Vec<_>, _>>().map_err(|e| match failing_row(b, schema) {
+            reader.collect::<Result<Vec<_>, _>>().map_err(|e| match failing_row(b, schema, strict) {
                 Some((i, row, why)) => format!("row {} ({}) does not fit: {why}", first + i as u64, excerpt(row)),
                 None => format!("rows do not fit the schema: {e}"),
             })
@@ -1502,9 +1553,9 @@ fn check_decimals(lines: &[u8], schema: &SchemaRef, first: u64) -> Result<(), St
 /// The first row of `lines` Arrow's reader refuses: its index, its text and
 /// the reader's reason (naming the field and the value). Only run once
 /// decoding failed, so the batch of one row per read costs nothing usually.
-fn failing_row<'a>(lines: &'a [u8], schema: &SchemaRef) -> Option<(usize, &'a [u8], String)> {
+fn failing_row<'a>(lines: &'a [u8], schema: &SchemaRef, strict: bool) -> Option<(usize, &'a [u8], String)> {
     let reader = arrow_json::ReaderBuilder::new(schema.clone())
-        .with_strict_mode(true)
+        .with_strict_mode(strict)
         .with_batch_size(1)
         .build(std::io::Cursor::new(lines))
         .ok()?;

@@ -158,8 +158,9 @@ fn head(table: &str, mode: &WriteMode, format: FileFormat) -> Vec<u8> {
     field(&mut out, table.as_bytes());
     match mode {
         WriteMode::Append => out.push(0),
-        WriteMode::Upsert { keys } => {
-            out.push(1);
+        // 2 is new with deletes: outputs without them digest as before.
+        WriteMode::Upsert { keys } | WriteMode::Delete { keys } => {
+            out.push(if matches!(mode, WriteMode::Delete { .. }) { 2 } else { 1 });
             out.extend_from_slice(&(keys.len() as u64).to_be_bytes());
             keys.iter().for_each(|k| field(&mut out, k.as_bytes()));
         }

@@ -31,14 +31,14 @@ pub(super) struct Framing {
 /// body fits the stream, every buffer fits its body, no buffer is
 /// compressed (a few KiB of ZSTD can declare terabytes; refusing them costs
 /// a sink nothing, as `/staging` is local), no length is negative, every
-/// column is of a flat table type ([`check_field_type`]) and every batch's
+/// column is of a table type ([`check_field_type`]) and every batch's
 /// buffers are as large as its row count needs ([`check_batch_layout`]).
 /// Returns the rows and arrays declared, to charge before decoding.
 pub(super) fn check_ipc_framing(bytes: &[u8]) -> Result<Framing, String> {
     let word = |at: usize| bytes.get(at..at + 4).map(|b| i32::from_le_bytes(b.try_into().expect("4 bytes")));
     let mut pos = 0usize;
     let mut found = Framing::default();
-    let mut columns: Option<Vec<Flat>> = None;
+    let mut columns: Option<Vec<Layout>> = None;
     while pos < bytes.len() {
         let start = pos;
         let mut len = word(pos).ok_or("truncated message header")?;
@@ -108,47 +108,68 @@ pub(super) fn check_ipc_framing(bytes: &[u8]) -> Result<Framing, String> {
     Ok(found)
 }
 
-/// Only the column types a table can take, flat and not dictionary
-/// encoded: arrow's schema conversion panics (`unimplemented!`, `unwrap`)
-/// on type metadata it does not expect, so none other reaches it.
-fn check_field_type(field: &arrow_ipc::Field<'_>) -> Result<Flat, String> {
-    use arrow_ipc::{Precision, Type};
+/// Only the column types a table can take, not dictionary encoded: arrow's
+/// schema conversion panics (`unimplemented!`, `unwrap`) on type metadata
+/// it does not expect, so none other reaches it. Nested types (struct,
+/// list, map) are walked field by field, at most [`MAX_NESTING`] deep.
+fn check_field_type(field: &arrow_ipc::Field<'_>) -> Result<Layout, String> {
+    check_field(field, 0)
+}
+
+/// Nested deeper than this is refused (a table type nests far less).
+const MAX_NESTING: usize = 32;
+
+fn check_field(field: &arrow_ipc::Field<'_>, depth: usize) -> Result<Layout, String> {
+    use arrow_ipc::{DateUnit, Precision, Type};
     let name = field.name().unwrap_or("");
     let refuse = |what: &str| {
         Err(format!(
-            "column `{name}` {what}; staged Arrow streams may hold only flat boolean, integer,              floating-point, string and binary columns"
+            "column `{name}` {what}; staged Arrow streams may hold only the types a table column can have: boolean, \
+             integer, floating-point, string, binary, date, timestamp, decimal128, and struct, list and map of them"
         ))
     };
     if field.dictionary().is_some() {
         return refuse("is dictionary-encoded");
     }
-    if field.children().is_some_and(|c| !c.is_empty()) {
-        return refuse("has child fields");
+    if depth > MAX_NESTING {
+        return refuse(&format!("is nested deeper than {MAX_NESTING} levels"));
     }
-    let flat = match field.type_type() {
-        Type::Null => Some(Flat::Null),
-        Type::Bool => Some(Flat::Bits),
-        Type::Utf8 | Type::Binary => Some(Flat::Var(4)),
-        Type::LargeUtf8 | Type::LargeBinary => Some(Flat::Var(8)),
-        Type::Int => field.type_as_int().and_then(|i| match i.bitWidth() {
-            w @ (8 | 16 | 32 | 64) => Some(Flat::Fixed(w as u64 / 8)),
+    let children: Vec<arrow_ipc::Field<'_>> = field.children().map(|c| c.iter().collect()).unwrap_or_default();
+    let nested = |f: &arrow_ipc::Field<'_>| check_field(f, depth + 1);
+    let flat = |layout: Option<Layout>| if children.is_empty() { layout } else { None };
+    let layout = match field.type_type() {
+        Type::Null => flat(Some(Layout::Null)),
+        Type::Bool => flat(Some(Layout::Bits)),
+        Type::Utf8 | Type::Binary => flat(Some(Layout::Var(4))),
+        Type::LargeUtf8 | Type::LargeBinary => flat(Some(Layout::Var(8))),
+        Type::Int => flat(field.type_as_int().and_then(|i| match i.bitWidth() {
+            w @ (8 | 16 | 32 | 64) => Some(Layout::Fixed(w as u64 / 8)),
             _ => None,
-        }),
-        Type::FloatingPoint => field.type_as_floating_point().and_then(|f| match f.precision() {
-            Precision::HALF => Some(Flat::Fixed(2)),
-            Precision::SINGLE => Some(Flat::Fixed(4)),
-            Precision::DOUBLE => Some(Flat::Fixed(8)),
+        })),
+        Type::FloatingPoint => flat(field.type_as_floating_point().and_then(|f| match f.precision() {
+            Precision::HALF => Some(Layout::Fixed(2)),
+            Precision::SINGLE => Some(Layout::Fixed(4)),
+            Precision::DOUBLE => Some(Layout::Fixed(8)),
             _ => None,
-        }),
+        })),
+        Type::Date => flat(field.type_as_date().map(|d| Layout::Fixed(if d.unit() == DateUnit::DAY { 4 } else { 8 }))),
+        Type::Timestamp => flat(field.type_as_timestamp().map(|_| Layout::Fixed(8))),
+        Type::Decimal => flat(field.type_as_decimal().filter(|d| d.bitWidth() == 128).map(|_| Layout::Fixed(16))),
+        Type::Struct_ => Some(Layout::Struct(children.iter().map(nested).collect::<Result<_, _>>()?)),
+        Type::List if children.len() == 1 => Some(Layout::List(Box::new(nested(&children[0])?))),
+        Type::Map if children.len() == 1 => match nested(&children[0])? {
+            Layout::Struct(kv) if kv.len() == 2 => Some(Layout::List(Box::new(Layout::Struct(kv)))),
+            _ => return refuse("is a map whose entries are not a struct of a key and a value"),
+        },
         _ => None,
     };
-    flat.map_or_else(|| refuse(&format!("has type {:?}", field.type_type())), Ok)
+    layout.map_or_else(|| refuse(&format!("has type {:?}{}", field.type_type(), if children.is_empty() { "" } else { " with these children" })), Ok)
 }
 
-/// A flat column's layout in an IPC record batch: its buffers after the
-/// validity bitmap (a null column has no buffers at all).
-#[derive(Debug, Clone, Copy)]
-enum Flat {
+/// A column's layout in an IPC record batch: its buffers after the
+/// validity bitmap (a null column has no buffers at all), and its children.
+#[derive(Debug, Clone)]
+enum Layout {
     Null,
     /// Booleans: one bit a value.
     Bits,
@@ -156,49 +177,80 @@ enum Flat {
     Fixed(u64),
     /// Offsets of this width, then the values' bytes.
     Var(u64),
+    /// No buffer but validity; children of the same length.
+    Struct(Vec<Layout>),
+    /// 32-bit offsets, then one child of the length its node declares
+    /// (a map is a list of key-value structs).
+    List(Box<Layout>),
 }
 
 /// Check one record batch's nodes and buffers against the columns: the
 /// sizes arrow assumes (and asserts, panicking) before it validates.
-fn check_batch_layout(columns: &[Flat], batch: &arrow_ipc::RecordBatch<'_>) -> Result<(), String> {
-    let nodes: Vec<_> = batch.nodes().into_iter().flatten().collect();
+fn check_batch_layout(columns: &[Layout], batch: &arrow_ipc::RecordBatch<'_>) -> Result<(), String> {
+    let nodes: Vec<_> = batch.nodes().into_iter().flatten().map(|n| (n.length() as u64, n.null_count() as u64)).collect();
     let buffers: Vec<_> = batch.buffers().into_iter().flatten().map(|b| b.length() as u64).collect();
-    if nodes.len() != columns.len() {
-        return Err(format!("{} field nodes for {} columns", nodes.len(), columns.len()));
-    }
+    let mut walk = Walk { nodes: nodes.iter().copied(), buffers: buffers.iter().copied() };
     let rows = batch.length() as u64;
-    let mut next = buffers.iter().copied();
-    let mut take = |what: &str| next.next().ok_or_else(|| format!("a buffer is missing ({what})"));
-    for (column, (node, flat)) in nodes.iter().zip(columns).enumerate() {
-        let (len, nulls) = (node.length() as u64, node.null_count() as u64);
-        if len != rows || nulls > len {
-            return Err(format!("column {column} has {len} values ({nulls} null) in a batch of {rows} rows"));
-        }
-        let bits = len.div_ceil(8);
-        let short = |what: &str, have: u64, need: u64| {
-            if have < need { Err(format!("column {column}'s {what} buffer has {have} bytes, {need} needed")) } else { Ok(()) }
-        };
-        if let Flat::Null = flat {
-            continue;
-        }
-        let validity = take("validity")?;
-        if nulls > 0 {
-            short("validity", validity, bits)?;
-        }
-        match *flat {
-            Flat::Null => {}
-            Flat::Bits => short("values", take("values")?, bits)?,
-            Flat::Fixed(w) => short("values", take("values")?, len.saturating_mul(w))?,
-            Flat::Var(w) => {
-                short("offsets", take("offsets")?, (len + 1).saturating_mul(w))?;
-                take("values")?;
-            }
-        }
+    for (column, layout) in columns.iter().enumerate() {
+        walk.column(&format!("column {column}"), layout, Some(rows))?;
     }
-    if next.next().is_some() {
+    if walk.nodes.next().is_some() {
+        return Err(format!("{} field nodes for its columns, more than they have", nodes.len()));
+    }
+    if walk.buffers.next().is_some() {
         return Err("more buffers than its columns have".into());
     }
     Ok(())
+}
+
+/// The nodes and buffers of a batch, taken column by column, depth first.
+struct Walk<N, B> {
+    nodes: N,
+    buffers: B,
+}
+
+impl<N: Iterator<Item = (u64, u64)>, B: Iterator<Item = u64>> Walk<N, B> {
+    /// One column (or child) of `layout`, whose length must be `rows` when given.
+    fn column(&mut self, column: &str, layout: &Layout, rows: Option<u64>) -> Result<(), String> {
+        let (len, nulls) = self.nodes.next().ok_or_else(|| format!("{column} has no field node"))?;
+        if rows.is_some_and(|r| len != r) || nulls > len {
+            return Err(format!("{column} has {len} values ({nulls} null) where {} are needed", rows.map_or("other".into(), |r| r.to_string())));
+        }
+        let bits = len.div_ceil(8);
+        let short = |what: &str, have: u64, need: u64| {
+            if have < need { Err(format!("{column}'s {what} buffer has {have} bytes, {need} needed")) } else { Ok(()) }
+        };
+        if let Layout::Null = layout {
+            return Ok(());
+        }
+        let validity = self.take(column, "validity")?;
+        if nulls > 0 {
+            short("validity", validity, bits)?;
+        }
+        match layout {
+            Layout::Null => {}
+            Layout::Bits => short("values", self.take(column, "values")?, bits)?,
+            Layout::Fixed(w) => short("values", self.take(column, "values")?, len.saturating_mul(*w))?,
+            Layout::Var(w) => {
+                short("offsets", self.take(column, "offsets")?, (len + 1).saturating_mul(*w))?;
+                self.take(column, "values")?;
+            }
+            Layout::Struct(children) => {
+                for (i, child) in children.iter().enumerate() {
+                    self.column(&format!("{column}.{i}"), child, Some(len))?;
+                }
+            }
+            Layout::List(child) => {
+                short("offsets", self.take(column, "offsets")?, (len + 1).saturating_mul(4))?;
+                self.column(&format!("{column}.items"), child, None)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn take(&mut self, column: &str, what: &str) -> Result<u64, String> {
+        self.buffers.next().ok_or_else(|| format!("{column}: a buffer is missing ({what})"))
+    }
 }
 
 /// Decode a staged Arrow IPC stream. Its rows (`output_rows`) and arrays

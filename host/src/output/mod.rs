@@ -47,6 +47,26 @@ pub enum WriteMode {
         /// Key columns.
         keys: Vec<String>,
     },
+    /// Delete the rows with these key columns' values (`sluice:sink@0.2.0`).
+    Delete {
+        /// Key columns.
+        keys: Vec<String>,
+    },
+}
+
+impl WriteMode {
+    /// The key columns (none for appends).
+    pub fn keys(&self) -> &[String] {
+        match self {
+            WriteMode::Append => &[],
+            WriteMode::Upsert { keys } | WriteMode::Delete { keys } => keys,
+        }
+    }
+
+    /// The keys, if this mode applies rows by key (an upsert or a delete).
+    pub fn merge_keys(&self) -> Option<&[String]> {
+        (!matches!(self, WriteMode::Append)).then(|| self.keys())
+    }
 }
 
 /// Format of staged rows.
@@ -148,6 +168,9 @@ pub struct TableSummary {
     pub appended_rows: u64,
     /// Rows upserted.
     pub upserted_rows: u64,
+    /// Rows staged as deletes (keys).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub deleted_rows: u64,
     /// Encoded bytes of the staged rows.
     pub bytes: u64,
 }
@@ -192,13 +215,14 @@ impl BatchOutput {
         let mut out: Vec<TableSummary> = Vec::new();
         let names: BTreeSet<&str> = self.ops.iter().map(|op| op.table.as_str()).collect();
         for name in names {
-            let mut s = TableSummary { table: name.to_owned(), operations: 0, appended_rows: 0, upserted_rows: 0, bytes: 0 };
+            let mut s = TableSummary { table: name.to_owned(), operations: 0, appended_rows: 0, upserted_rows: 0, deleted_rows: 0, bytes: 0 };
             for op in self.ops.iter().filter(|op| op.table == name) {
                 s.operations += 1;
                 s.bytes += op.rows.bytes().len() as u64;
                 match op.mode {
                     WriteMode::Append => s.appended_rows += op.row_count,
                     WriteMode::Upsert { .. } => s.upserted_rows += op.row_count,
+                    WriteMode::Delete { .. } => s.deleted_rows += op.row_count,
                 }
             }
             out.push(s);
@@ -348,27 +372,29 @@ impl OutputCollector {
     /// Check the mode of a call to `table` (after [`begin`](Self::begin)):
     /// declared keys, and one mode per table per batch.
     pub(crate) fn check_mode(&self, table: &str, mode: &WriteMode) -> StageResult {
-        if let WriteMode::Upsert { keys } = mode {
+        if let Some(keys) = mode.merge_keys() {
             if keys.is_empty() {
-                return Ok(Err(wit::StageError::InvalidRows("upsert needs at least one key column".into())));
+                return Ok(Err(wit::StageError::InvalidRows(format!("{} needs at least one key column", describe(mode)))));
             }
             if let Some(Declared::Keys(declared)) = self.declared.as_ref().and_then(|d| d.get(table)) {
                 let staged: BTreeSet<&String> = keys.iter().collect();
                 if staged.len() != keys.len() || staged != declared.iter().collect() {
                     return Err(wasmtime::Error::new(StageViolation::MergeKey {
                         table: table.to_owned(),
-                        staged: keys.clone(),
+                        staged: keys.to_vec(),
                         declared: declared.clone(),
                     }));
                 }
             }
         }
+        // Upserts and deletes on the same keys mix (one MERGE); appends
+        // and keyed operations do not.
         if let Some(previous) = self.modes.get(table)
-            && previous != mode
+            && (previous.merge_keys().is_some() != mode.merge_keys().is_some() || previous.keys() != mode.keys())
         {
             return Ok(Err(wit::StageError::InvalidRows(format!(
-                "table `{table}` was staged to with {} before; a batch must stage either appends or upserts \
-                 on the same keys to a table, not a mix",
+                "table `{table}` was staged to with {} before; a batch must stage either appends, or upserts \
+                 and deletes on the same keys, to a table, not a mix",
                 describe(previous)
             ))));
         }
@@ -478,6 +504,10 @@ impl OutputCollector {
             self.ops.push(StagedOp { table: table.to_owned(), mode, rows: StagedRows::JsonLines(out), row_count: count });
             return Ok(());
         }
+        // An upsert and a delete are never merged: their order is kept.
+        if self.open.get(table).is_some_and(|open| self.ops[open.index].mode != mode) {
+            self.close(table);
+        }
         if !self.open.contains_key(table) {
             self.charge_bytes(KEPT_OP_CHARGE)?;
         }
@@ -523,16 +553,18 @@ impl OutputCollector {
 }
 
 fn mode_keys(mode: &WriteMode) -> &[String] {
-    match mode {
-        WriteMode::Append => &[],
-        WriteMode::Upsert { keys } => keys,
-    }
+    mode.keys()
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn describe(mode: &WriteMode) -> String {
     match mode {
         WriteMode::Append => "appends".into(),
         WriteMode::Upsert { keys } => format!("upserts on [{}]", keys.join(", ")),
+        WriteMode::Delete { keys } => format!("deletes on [{}]", keys.join(", ")),
     }
 }
 

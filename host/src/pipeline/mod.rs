@@ -1055,7 +1055,7 @@ fn commit_batch(
         commit,
         total: started.elapsed(),
         table_versions: versions,
-        staged_rows: output.tables().into_iter().map(|t| (t.table, t.appended_rows + t.upserted_rows)).collect(),
+        staged_rows: output.tables().into_iter().map(|t| (t.table, t.appended_rows + t.upserted_rows + t.deleted_rows)).collect(),
         output_digest: output.digest,
     };
     let mut done = log_commit(checkpoint, source, &planned, &provenance, report)?;

@@ -24,9 +24,11 @@ use std::borrow::Cow;
 use wasmtime::component::{ComponentType, Lift, Linker, WasmList, WasmStr};
 use wasmtime::{AsContext, AsContextMut, StoreContextMut};
 
-/// The interfaces as wasmtime registers them.
+/// The interfaces as wasmtime registers them, every version the host runs.
 const OUTPUT: &str = "sluice:sink/output@0.1.0";
 const LOG: &str = "sluice:sink/log@0.1.0";
+const OUTPUT_V2: &str = "sluice:sink/output@0.2.0";
+const LOG_V2: &str = "sluice:sink/log@0.2.0";
 
 /// The sink broke the canonical ABI contract of a host call: a string that
 /// is not UTF-8, say. Ends the batch as the sink's error.
@@ -44,7 +46,29 @@ enum WriteModeArg {
     Upsert(WasmList<WasmStr>),
 }
 
-/// `rows`, with the rows left in guest memory.
+/// 0.2.0's `write-mode`, which adds `delete`.
+#[derive(ComponentType, Lift)]
+#[component(variant)]
+enum WriteModeArgV2 {
+    #[component(name = "append")]
+    Append,
+    #[component(name = "upsert")]
+    Upsert(WasmList<WasmStr>),
+    #[component(name = "delete")]
+    Delete(WasmList<WasmStr>),
+}
+
+impl From<WriteModeArg> for WriteModeArgV2 {
+    fn from(mode: WriteModeArg) -> Self {
+        match mode {
+            WriteModeArg::Append => WriteModeArgV2::Append,
+            WriteModeArg::Upsert(keys) => WriteModeArgV2::Upsert(keys),
+        }
+    }
+}
+
+/// `rows`, with the rows left in guest memory. `file-format` is the same
+/// enum in every version (wasmtime checks enums by their case names).
 #[derive(ComponentType, Lift)]
 #[component(variant)]
 enum RowsArg {
@@ -54,23 +78,37 @@ enum RowsArg {
     File((WasmStr, wit::FileFormat)),
 }
 
-/// Link `output.stage` and `log.log` into `linker`.
+/// Link `output.stage` and `log.log` of every version into `linker`.
 pub(crate) fn add_to_linker(linker: &mut Linker<BatchState>) -> wasmtime::Result<()> {
-    linker.instance(OUTPUT)?.func_wrap("stage", |mut store: StoreContextMut<'_, BatchState>, (table, mode, rows): (WasmStr, WriteModeArg, RowsArg)| {
-        // The collector is taken out of the store while the call reads
-        // guest memory, and put back whatever happens.
-        let mut output = store.data_mut().output.take().ok_or_else(|| wasmtime::Error::msg("output.stage re-entered"))?;
-        let result = stage(&mut output, &mut store, table, mode, rows);
-        store.data_mut().output = Some(output);
-        Ok((result?,))
+    linker.instance(OUTPUT)?.func_wrap("stage", |store: StoreContextMut<'_, BatchState>, (table, mode, rows): (WasmStr, WriteModeArg, RowsArg)| {
+        stage_call(store, table, mode.into(), rows)
     })?;
-    linker.instance(LOG)?.func_wrap(
-        "log",
-        |mut store: StoreContextMut<'_, BatchState>, (level, message, fields): (wit_log::Level, WasmStr, WasmList<(WasmStr, WasmStr)>)| {
-            log(&mut store, level, message, fields)
-        },
-    )?;
+    linker.instance(OUTPUT_V2)?.func_wrap("stage", |store: StoreContextMut<'_, BatchState>, (table, mode, rows): (WasmStr, WriteModeArgV2, RowsArg)| {
+        stage_call(store, table, mode, rows)
+    })?;
+    for name in [LOG, LOG_V2] {
+        linker.instance(name)?.func_wrap(
+            "log",
+            |mut store: StoreContextMut<'_, BatchState>, (level, message, fields): (wit_log::Level, WasmStr, WasmList<(WasmStr, WasmStr)>)| {
+                log(&mut store, level, message, fields)
+            },
+        )?;
+    }
     Ok(())
+}
+
+fn stage_call(
+    mut store: StoreContextMut<'_, BatchState>,
+    table: WasmStr,
+    mode: WriteModeArgV2,
+    rows: RowsArg,
+) -> wasmtime::Result<(Result<(), wit::StageError>,)> {
+    // The collector is taken out of the store while the call reads guest
+    // memory, and put back whatever happens.
+    let mut output = store.data_mut().output.take().ok_or_else(|| wasmtime::Error::msg("output.stage re-entered"))?;
+    let result = stage(&mut output, &mut store, table, mode, rows);
+    store.data_mut().output = Some(output);
+    Ok((result?,))
 }
 
 /// `s` as text, or the sink's fault naming `what`.
@@ -82,7 +120,7 @@ fn stage(
     output: &mut OutputCollector,
     store: &mut StoreContextMut<'_, BatchState>,
     table: WasmStr,
-    mode: WriteModeArg,
+    mode: WriteModeArgV2,
     rows: RowsArg,
 ) -> StageResult {
     let table = text(&table, store.as_context(), "output.stage: the table name")?.into_owned();
@@ -90,29 +128,28 @@ fn stage(
         return Ok(Err(e));
     }
     output.charge_bytes(table.len() as u64)?;
-    let mode = match mode {
-        WriteModeArg::Append => WriteMode::Append,
-        WriteModeArg::Upsert(list) => {
-            let mut keys = Vec::with_capacity(0);
-            for i in 0..list.len() {
-                let key = list.get(store.as_context_mut(), i).expect("in bounds")?;
-                let key = text(&key, store.as_context(), "output.stage: an upsert key")?;
-                // The key's bytes and its place in the list.
-                output.charge_bytes(key.len() as u64 + FIELD_CHARGE)?;
-                keys.push(key.into_owned());
-            }
-            WriteMode::Upsert { keys }
+    let read_keys = |list: WasmList<WasmStr>, store: &mut StoreContextMut<'_, BatchState>, output: &mut OutputCollector| -> wasmtime::Result<Vec<String>> {
+        let mut keys = Vec::with_capacity(0);
+        for i in 0..list.len() {
+            let key = list.get(store.as_context_mut(), i).expect("in bounds")?;
+            let key = text(&key, store.as_context(), "output.stage: a key column")?;
+            // The key's bytes and its place in the list.
+            output.charge_bytes(key.len() as u64 + FIELD_CHARGE)?;
+            keys.push(key.into_owned());
         }
+        Ok(keys)
+    };
+    let mode = match mode {
+        WriteModeArgV2::Append => WriteMode::Append,
+        WriteModeArgV2::Upsert(list) => WriteMode::Upsert { keys: read_keys(list, store, output)? },
+        WriteModeArgV2::Delete(list) => WriteMode::Delete { keys: read_keys(list, store, output)? },
     };
     if let Err(e) = output.check_mode(&table, &mode)? {
         return Ok(Err(e));
     }
     match rows {
         RowsArg::Json(list) => {
-            let keys = match &mode {
-                WriteMode::Append => &[][..],
-                WriteMode::Upsert { keys } => keys,
-            };
+            let keys = mode.keys();
             let mut staged = JsonRows::new(keys);
             for i in 0..list.len() {
                 let row = list.get(store.as_context_mut(), i).expect("in bounds")?;

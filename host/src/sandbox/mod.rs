@@ -121,6 +121,8 @@ impl RuntimeBuilder {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_err)?;
         types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
         bindings::sluice::sink::records::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        bindings::v0_2::sluice::sink::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
+        bindings::v0_2::sluice::sink::records::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s).map_err(engine_err)?;
         guest_args::add_to_linker(&mut linker).map_err(engine_err)?;
         staging_quota::add_to_linker(&mut linker).map_err(engine_err)?;
         staging_fs::add_to_linker(&mut linker).map_err(engine_err)?;
@@ -173,9 +175,23 @@ impl Runtime {
         let (component, digest) = self.inner.engine.compile(what, bytes)?;
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld { what: what.into(), detail: format!("{e:#}") };
         let pre = self.inner.linker.instantiate_pre(&component).map_err(wrong_world)?;
-        let pre = bindings::SinkPre::new(pre).map_err(wrong_world)?;
+        // The newest version the component exports; an error names it.
+        let pre = match bindings::v0_2::SinkPre::new(pre.clone()) {
+            Ok(pre) => Pre::V0_2(pre),
+            Err(newest) => match bindings::SinkPre::new(pre) {
+                Ok(pre) => Pre::V0_1(pre),
+                Err(_) => return Err(wrong_world(newest)),
+            },
+        };
         Ok(Sink { runtime: self.clone(), pre, digest })
     }
+}
+
+/// A component linked for the WIT version it was built against.
+#[derive(Clone)]
+enum Pre {
+    V0_1(bindings::SinkPre<BatchState>),
+    V0_2(bindings::v0_2::SinkPre<BatchState>),
 }
 
 /// A loaded, validated sink, ready to run batches. Cheap to clone and safe
@@ -183,7 +199,7 @@ impl Runtime {
 #[derive(Clone)]
 pub struct Sink {
     runtime: Runtime,
-    pre: bindings::SinkPre<BatchState>,
+    pre: Pre,
     digest: String,
 }
 
@@ -329,15 +345,47 @@ impl Sink {
                 .collect(),
         };
         let start = Instant::now();
-        let instance = self.pre.instantiate(&mut *store).map_err(|e| match e.downcast_ref::<PoolConcurrencyLimitError>() {
+        let instantiate_err = |e: wasmtime::Error| match e.downcast_ref::<PoolConcurrencyLimitError>() {
             Some(full) => BatchError::Capacity(full.to_string()),
             None => BatchError::Internal(format!("instantiating the sink: {e:#}")),
-        })?;
-        let stream = store.data_mut().table.push(RecordStream).map_err(|e| BatchError::Internal(e.to_string()))?;
-        timings.instantiate = start.elapsed();
-        let start = Instant::now();
-        let result = instance.sluice_sink_handler().call_for_each_batch(&mut *store, &info, stream);
-        timings.call = start.elapsed();
+        };
+        let stream = |store: &mut Store<BatchState>| store.data_mut().table.push(RecordStream).map_err(|e| BatchError::Internal(e.to_string()));
+        let result = match &self.pre {
+            Pre::V0_1(pre) => {
+                let instance = pre.instantiate(&mut *store).map_err(instantiate_err)?;
+                let stream = stream(store)?;
+                timings.instantiate = start.elapsed();
+                let start = Instant::now();
+                let result = instance.sluice_sink_handler().call_for_each_batch(&mut *store, &info, stream);
+                timings.call = start.elapsed();
+                result
+            }
+            Pre::V0_2(pre) => {
+                use bindings::v0_2::sluice::sink::types as types2;
+                let info = types2::BatchInfo {
+                    pipeline_id: info.pipeline_id,
+                    batch_id: info.batch_id,
+                    planned_timestamp_ms: info.planned_timestamp_ms,
+                    ranges: info
+                        .ranges
+                        .into_iter()
+                        .map(|r| types2::SourceRange { topic: r.topic, partition: r.partition, start: r.start, end: r.end })
+                        .collect(),
+                };
+                let instance = pre.instantiate(&mut *store).map_err(instantiate_err)?;
+                let stream = stream(store)?;
+                timings.instantiate = start.elapsed();
+                let start = Instant::now();
+                let result = instance.sluice_sink_handler().call_for_each_batch(&mut *store, &info, stream);
+                timings.call = start.elapsed();
+                result.map(|r| {
+                    r.map_err(|e| match e {
+                        types2::SinkError::InvalidInput(m) => types::SinkError::InvalidInput(m),
+                        types2::SinkError::Failed(m) => types::SinkError::Failed(m),
+                    })
+                })
+            }
+        };
         match result {
             Ok(Ok(())) => Ok(()),
             Ok(Err(types::SinkError::InvalidInput(m))) => Err(BatchError::InvalidInput(m)),

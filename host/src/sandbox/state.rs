@@ -69,6 +69,38 @@ impl records::HostRecordStream for BatchState {
 impl records::Host for BatchState {}
 impl types::Host for BatchState {}
 
+/// 0.2.0's record stream is 0.1.0's: the same resource, the same chunk
+/// (its fields moved, not copied).
+mod v0_2 {
+    use super::{BatchState, RecordStream, records, types};
+    use crate::sandbox::bindings::v0_2::sluice::sink::{records as records2, types as types2};
+    use wasmtime::component::Resource;
+
+    impl records2::HostRecordStream for BatchState {
+        fn next_chunk(&mut self, stream: Resource<RecordStream>) -> wasmtime::Result<Option<types2::RecordChunk>> {
+            let chunk = records::HostRecordStream::next_chunk(self, stream)?;
+            Ok(chunk.map(|c: types::RecordChunk| types2::RecordChunk {
+                sources: c.sources,
+                offsets: c.offsets,
+                timestamps_ms: c.timestamps_ms,
+                key_lens: c.key_lens,
+                value_lens: c.value_lens,
+                header_counts: c.header_counts,
+                header_key_lens: c.header_key_lens,
+                header_value_lens: c.header_value_lens,
+                data: c.data,
+            }))
+        }
+
+        fn drop(&mut self, stream: Resource<RecordStream>) -> wasmtime::Result<()> {
+            records::HostRecordStream::drop(self, stream)
+        }
+    }
+
+    impl records2::Host for BatchState {}
+    impl types2::Host for BatchState {}
+}
+
 /// Caps linear memory at `limits.memory_bytes` with a typed error (the
 /// pooling allocator's slot size is the hard backstop).
 pub(crate) struct MemoryLimiter {

@@ -202,8 +202,8 @@ impl std::fmt::Display for ExecReport {
         for t in &self.tables {
             writeln!(
                 f,
-                "  table {}: {} appended, {} upserted, {} bytes in {} operation(s)",
-                t.table, t.appended_rows, t.upserted_rows, t.bytes, t.operations
+                "  table {}: {} appended, {} upserted, {} deleted, {} bytes in {} operation(s)",
+                t.table, t.appended_rows, t.upserted_rows, t.deleted_rows, t.bytes, t.operations
             )?;
         }
         for op in &self.ops {

@@ -305,7 +305,7 @@ fn check_table(committer: &DeltaCommitter, t: &crate::commit::TableConfig, log: 
         batches: log.entries.iter().filter(|e| e.batch_id.is_some()).count() as u64,
         duplicate_keys: 0,
         duplicate_examples: Vec::new(),
-        foreign_versions: log.entries.iter().filter(|e| e.batch_id.is_none() && e.operation != "CREATE TABLE").map(|e| e.version).collect(),
+        foreign_versions: log.entries.iter().filter(|e| !e.by_sluice && e.operation != "CREATE TABLE").map(|e| e.version).collect(),
     };
     let count = |sql: &str| committer.query(name, sql).map(|rows| rows.first().and_then(|row| row["n"].as_u64()).unwrap_or(0));
     match count("SELECT COUNT(*) AS n FROM t") {
@@ -499,6 +499,8 @@ mod tests {
             records: None,
             rows: None,
             rows_written: None,
+            deletes: None,
+            by_sluice: txn.is_some(),
             rows_added: None,
         }
     }

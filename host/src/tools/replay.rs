@@ -412,7 +412,7 @@ impl fmt::Display for ReplayReport {
         writeln!(f, "  committed  {}", self.committed_digest.as_deref().map_or("-", short))?;
         writeln!(f, "  replayed   {}", self.replayed_digest.as_deref().map_or("-", short))?;
         for t in &self.tables {
-            writeln!(f, "  table {}: {} appended, {} upserted rows in {} op(s)", t.table, t.appended_rows, t.upserted_rows, t.operations)?;
+            writeln!(f, "  table {}: {} appended, {} upserted, {} deleted rows in {} op(s)", t.table, t.appended_rows, t.upserted_rows, t.deleted_rows, t.operations)?;
         }
         for d in &self.diff {
             writeln!(

@@ -83,7 +83,7 @@ pub fn diff(committed: &[StagedOp], replayed: &[StagedOp], tables: &[TableConfig
 /// The columns rows of `table` are matched on.
 fn keys_of<'a>(table: &str, mut ops: impl Iterator<Item = &'a StagedOp>, tables: &[TableConfig]) -> Vec<String> {
     let upsert = ops.find_map(|op| match &op.mode {
-        WriteMode::Upsert { keys } if op.table == table => Some(keys.clone()),
+        WriteMode::Upsert { keys } | WriteMode::Delete { keys } if op.table == table => Some(keys.clone()),
         _ => None,
     });
     upsert.or_else(|| tables.iter().find(|t| t.name == table).map(|t| t.keys.clone())).unwrap_or_default()
@@ -100,11 +100,21 @@ fn rows_of(table: &str, ops: &[StagedOp], keys: &[String]) -> Result<Keyed, Stri
                 Value::Object(keys.iter().map(|k| (k.clone(), row.get(k).cloned().unwrap_or(Value::Null))).collect::<Map<_, _>>())
             };
             let slot = out.entry(key.to_string()).or_insert_with(|| (key, Vec::new()));
-            if matches!(op.mode, WriteMode::Upsert { .. }) {
+            match op.mode {
+                WriteMode::Append => slot.1.push(row),
                 // The last row staged for a key is the one the MERGE applies.
-                slot.1.clear();
+                WriteMode::Upsert { .. } => {
+                    slot.1.clear();
+                    slot.1.push(row);
+                }
+                // A delete leaves the key absent: shown as its keys, marked.
+                WriteMode::Delete { .. } => {
+                    slot.1.clear();
+                    let mut marker = slot.0.as_object().cloned().unwrap_or_default();
+                    marker.insert("(deleted)".into(), Value::Bool(true));
+                    slot.1.push(Value::Object(marker));
+                }
             }
-            slot.1.push(row);
         }
     }
     Ok(out)

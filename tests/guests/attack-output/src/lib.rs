@@ -1,6 +1,6 @@
 //! A sink that attacks the host's output and log paths, for the
 //! hostile-output tests (`tests/it/hostile_output.rs`). It is written
-//! against raw `wit_bindgen` bindings of `../../wit`, not the SDK: the
+//! against raw `wit_bindgen` bindings of `../../wit/v0.2.0`, not the SDK: the
 //! attacks need what the SDK never does — list entries that alias the same
 //! guest bytes, strings that are not UTF-8, upserts on keys of its choosing.
 //!
@@ -15,7 +15,7 @@
 #![allow(unsafe_code, reason = "the attacks hand the host strings that are not UTF-8")]
 
 wit_bindgen::generate!({
-    path: "../../../wit",
+    path: "../../../wit/v0.2.0",
     world: "sink",
     ownership: Borrowing { duplicate_if_necessary: true },
 });
