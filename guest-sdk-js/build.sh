@@ -20,7 +20,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/wit/deps/sluice-sink"
 cp "$here/wit/world.wit" "$work/wit/"
-cp "$root"/wit/*.wit "$work/wit/deps/sluice-sink/"
+cp "$root"/wit/v0.2.0/*.wit "$work/wit/deps/sluice-sink/"
 for p in io clocks filesystem; do
     mkdir -p "$work/wit/deps/wasi-$p"
     cp "$wasi/wasi-$p/package.wit" "$work/wit/deps/wasi-$p/"

@@ -97,6 +97,13 @@ def upsert_json(table: str, keys: Sequence[str], rows: Sequence[str]) -> None:
     _stage(table, _output.WriteMode_Upsert(list(keys)), _output.Rows_Json(list(rows)))
 
 
+def delete_json(table: str, keys: Sequence[str], rows: Sequence[str]) -> None:
+    """Delete the rows of `table` whose `keys` columns equal those of `rows`
+    (JSON objects; other members are ignored). Upserts and deletes of one
+    table in one batch apply in staging order, the last for a key winning."""
+    _stage(table, _output.WriteMode_Delete(list(keys)), _output.Rows_Json(list(rows)))
+
+
 def append_file(table: str, path: str, fmt=JSON_LINES) -> None:
     """Append the rows of a file the sink wrote under /staging (closed first)."""
     _stage(table, _output.WriteMode_Append(), _output.Rows_File((path, fmt)))
@@ -105,6 +112,63 @@ def append_file(table: str, path: str, fmt=JSON_LINES) -> None:
 def upsert_file(table: str, keys: Sequence[str], path: str, fmt=JSON_LINES) -> None:
     """MERGE the rows of a file under /staging into `table` on `keys`."""
     _stage(table, _output.WriteMode_Upsert(list(keys)), _output.Rows_File((path, fmt)))
+
+
+def delete_file(table: str, keys: Sequence[str], path: str, fmt=JSON_LINES) -> None:
+    """Delete the keys in a file under /staging from `table`."""
+    _stage(table, _output.WriteMode_Delete(list(keys)), _output.Rows_File((path, fmt)))
+
+
+# The canonical text of values JSON has no type for: the same as the Rust
+# SDK's `sluice_sdk::values` and the JavaScript SDK's, byte for byte, so the
+# same rows give the same output digest in every language.
+
+def timestamp_micros(micros: int) -> str:
+    """A `timestamp` value: `1969-12-31T23:59:59.999999Z`."""
+    return timestamp_ntz_micros(micros) + "Z"
+
+
+def timestamp_ntz_micros(micros: int) -> str:
+    """A `timestamp_ntz` value: `1969-12-31T23:59:59.999999`."""
+    days, of_day = divmod(micros, 86_400_000_000)
+    secs, frac = divmod(of_day, 1_000_000)
+    return f"{date_days(days)}T{secs // 3600:02d}:{secs // 60 % 60:02d}:{secs % 60:02d}.{frac:06d}"
+
+
+def date_days(days: int) -> str:
+    """A `date` value from days since 1970-01-01: `1969-12-31`."""
+    z = days + 719_468
+    era, doe = divmod(z, 146_097)
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    year = yoe + era * 400 + (1 if month <= 2 else 0)
+    return f"{year:04d}-{month:02d}-{day:02d}"
+
+
+def timestamp(dt) -> str:
+    """A `timestamp` value from an aware `datetime` (any zone)."""
+    import datetime as _dt
+    delta = dt - _dt.datetime(1970, 1, 1, tzinfo=_dt.timezone.utc)
+    return timestamp_micros(delta // _dt.timedelta(microseconds=1))
+
+
+def decimal(unscaled: int, scale: int) -> str:
+    """A `decimal(p, scale)` value from its unscaled integer: `decimal(-5, 2)`
+    is `-0.05`. For a `decimal.Decimal` d: `decimal(int(d.scaleb(scale)), scale)`."""
+    sign = "-" if unscaled < 0 else ""
+    digits = str(abs(unscaled))
+    if scale == 0:
+        return sign + digits
+    digits = digits.rjust(scale + 1, "0")
+    return f"{sign}{digits[:-scale]}.{digits[-scale:]}"
+
+
+def hex_bytes(data: bytes) -> str:
+    """A `binary` value: lowercase hex."""
+    return data.hex()
 
 
 def log(message: str, level: str = "info", **fields) -> None:

@@ -67,7 +67,7 @@ $(WIT_BINDGEN):
 
 PY_SDK := guest-sdk-python/sluice.py
 JS_SDK := guest-sdk-js/sluice.js guest-sdk-js/wit/world.wit guest-sdk-js/build.sh
-WIT := $(wildcard wit/*.wit)
+WIT := $(wildcard wit/v0.2.0/*.wit)
 # The pins live here and in the lock file: a bump rebuilds the components.
 PY_DEPS := $(PY_SDK) $(WIT) mk/polyglot.mk mk/build-once.sh
 JS_DEPS := $(JS_SDK) $(WIT) mk/polyglot.mk mk/build-once.sh $(JS_MANIFEST)/package-lock.json
@@ -76,7 +76,7 @@ JS_DEPS := $(JS_SDK) $(WIT) mk/polyglot.mk mk/build-once.sh $(JS_MANIFEST)/packa
 define componentize_py
 	mkdir -p $(POLYGLOT)
 	mk/build-once.sh $@ "$^" -- \
-		$(COMPONENTIZE_PY) --quiet -d wit -w sink componentize $(1) -p $(2) -p guest-sdk-python -o $@
+		$(COMPONENTIZE_PY) --quiet -d wit/v0.2.0 -w sink componentize $(1) -p $(2) -p guest-sdk-python -o $@
 endef
 
 $(POLYGLOT)/python_orders_upsert.wasm: examples/python-orders-upsert/orders_upsert.py $(PY_DEPS) | $(COMPONENTIZE_PY)
@@ -93,7 +93,7 @@ $(POLYGLOT)/js_probe.wasm: tests/guests/js-probe/probe.js $(JS_DEPS) | $(COMPONE
 
 $(POLYGLOT)/c_probe.wasm: tests/guests/c-probe/probe.c $(WIT) mk/polyglot.mk | c-tools $(WIT_BINDGEN)
 	rm -rf $(POLYGLOT)/c_probe.gen && mkdir -p $(POLYGLOT)/c_probe.gen
-	$(WIT_BINDGEN) c wit --world sink --out-dir $(POLYGLOT)/c_probe.gen
+	$(WIT_BINDGEN) c wit/v0.2.0 --world sink --out-dir $(POLYGLOT)/c_probe.gen
 	$(CLANG) --target=wasm32-wasi --sysroot=/usr -O2 -Wall -I$(POLYGLOT)/c_probe.gen \
 		-c $< -o $(POLYGLOT)/c_probe.gen/probe.o
 	$(CLANG) --target=wasm32-wasi --sysroot=/usr -O2 -c $(POLYGLOT)/c_probe.gen/sink.c -o $(POLYGLOT)/c_probe.gen/sink.o

@@ -54,6 +54,7 @@ mod error;
 pub mod json;
 pub mod log;
 mod output;
+pub mod values;
 
 pub use batch::{
     Batch, Chunk, ChunkIter, Chunks, Headers, Record, RecordRef, Records, SourceRange,

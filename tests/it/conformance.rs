@@ -387,6 +387,64 @@ fn an_uncaught_error_is_a_trap_with_its_message_in_every_language() {
     }
 }
 
+/// The canonical value texts (timestamps, dates, decimals, bytes) of each
+/// SDK, built from the same integers in every language, and staged as
+/// upserts and deletes (`sluice:sink@0.2.0`): the same bytes, the same
+/// digest. Times before 1970 and year 1, a leap day, negative decimals
+/// below one and past what a double holds.
+#[test]
+fn value_texts_upserts_and_deletes_give_the_same_digest_in_every_language() {
+    let h = harness(Limits::default());
+    let langs: Vec<Lang> = languages().into_iter().filter(|l| l.name != "c").collect();
+    let commands = [
+        "typed 1 -1 -1 -5 2 00ff upsert",
+        "typed 2 951782400000000 11016 123456789012345678901234567890123456 10 abcdef upsert",
+        "typed 3 -62135596800000000 -719162 7 0 - upsert",
+        "typed 1 0 0 0 2 00 delete",
+        "typed 4 1719791999999999 19904 -100 3 10 upsert",
+        "typed 3 0 0 0 0 - delete",
+        "typed 3 86399999999 0 1 1 01 upsert",
+    ];
+    // `-` is the empty byte string in every probe.
+    let refs: Vec<&str> = commands.to_vec();
+    let outputs: Vec<BatchOutput> = langs
+        .iter()
+        .map(|l| run(&load(&h, &l.probe), 7, &refs).unwrap_or_else(|e| panic!("{}: {e}", l.name)))
+        .collect();
+    for (out, lang) in outputs.iter().zip(&langs) {
+        for p in probes(out) {
+            assert!(p.ok, "{}: {} failed: {}", lang.name, p.cmd, p.result);
+        }
+        assert_eq!(rows(out, "typed"), rows(&outputs[0], "typed"), "{} rows differ from rust's", lang.name);
+        assert_eq!(out.digest, outputs[0].digest, "{} digest differs from rust's", lang.name);
+    }
+    let typed: Vec<(String, serde_json::Value)> = outputs[0]
+        .ops
+        .iter()
+        .filter(|op| op.table == "typed")
+        .flat_map(|op| {
+            let mode = format!("{:?}", op.mode).split_whitespace().next().unwrap().to_owned();
+            std::str::from_utf8(op.rows.bytes()).unwrap().lines().map(move |l| (mode.clone(), serde_json::from_str(l).unwrap())).collect::<Vec<_>>()
+        })
+        .collect();
+    let row = |id: i64, at: &str, local: &str, day: &str, amount: &str, raw: &str| {
+        json!({"id": id, "at": at, "local": local, "day": day, "amount": amount, "raw": raw})
+    };
+    assert_eq!(
+        typed,
+        vec![
+            ("Upsert".into(), row(1, "1969-12-31T23:59:59.999999Z", "1969-12-31T23:59:59.999999", "1969-12-31", "-0.05", "00ff")),
+            ("Upsert".into(), row(2, "2000-02-29T00:00:00.000000Z", "2000-02-29T00:00:00.000000", "2000-02-29",
+                "12345678901234567890123456.7890123456", "abcdef")),
+            ("Upsert".into(), row(3, "0001-01-01T00:00:00.000000Z", "0001-01-01T00:00:00.000000", "0001-01-01", "7", "")),
+            ("Delete".into(), row(1, "1970-01-01T00:00:00.000000Z", "1970-01-01T00:00:00.000000", "1970-01-01", "0.00", "00")),
+            ("Upsert".into(), row(4, "2024-06-30T23:59:59.999999Z", "2024-06-30T23:59:59.999999", "2024-06-30", "-0.100", "10")),
+            ("Delete".into(), row(3, "1970-01-01T00:00:00.000000Z", "1970-01-01T00:00:00.000000", "1970-01-01", "0", "")),
+            ("Upsert".into(), row(3, "1970-01-01T23:59:59.999999Z", "1970-01-01T23:59:59.999999", "1970-01-01", "0.1", "01")),
+        ]
+    );
+}
+
 #[test]
 fn sluice_run_gives_the_same_table_in_every_language() {
     let broker = Broker::start();

@@ -763,6 +763,7 @@ mod tests {
         let mut ops = vec![
             op("t", WriteMode::Append, b"small"),
             op("t", WriteMode::Upsert { keys: vec!["id".into(), "k".into()] }, &big),
+            op("t", WriteMode::Delete { keys: vec!["id".into(), "k".into()] }, b"{\"id\":1,\"k\":2}"),
             op("u", WriteMode::Append, b"after"),
         ];
         for i in 0..30_000u32 {
@@ -776,6 +777,11 @@ mod tests {
                 WriteMode::Append => h.update([0]),
                 WriteMode::Upsert { keys } => {
                     h.update([1]);
+                    h.update((keys.len() as u64).to_be_bytes());
+                    keys.iter().for_each(|k| field(&mut h, k.as_bytes()));
+                }
+                WriteMode::Delete { keys } => {
+                    h.update([2]);
                     h.update((keys.len() as u64).to_be_bytes());
                     keys.iter().for_each(|k| field(&mut h, k.as_bytes()));
                 }

@@ -17,6 +17,8 @@
 //                           (Date.now() has millisecond resolution)
 //   prng                    Math.random() (the language's own PRNG)
 //
+// `typed ID MICROS DAYS UNSCALED SCALE HEX OP` upserts or deletes a row of
+// table `typed` built with the SDK's value texts (HEX `-`: no bytes).
 // Misbehaviours, which end the batch: loop, alloc, flood-log, flood-output
 // (stages to table `hostile`), panic (an uncaught exception).
 
@@ -95,6 +97,23 @@ function run(line, started) {
     }
     case 'flood-log':
       for (;;) sluice.log('flooding the batch log');
+    case 'typed': {
+      if (args.length !== 7) throw new Error('typed takes 7 arguments');
+      const [id, micros, days, unscaled, scale, raw, op] = args;
+      const bytes = Uint8Array.from(raw === '-' ? [] : raw.match(/../g) ?? [], (h) => parseInt(h, 16));
+      const row = JSON.stringify({
+        id: sluice.int64(id),
+        at: sluice.timestampMicros(BigInt(micros)),
+        local: sluice.timestampNtzMicros(BigInt(micros)),
+        day: sluice.dateDays(BigInt(days)),
+        amount: sluice.decimal(BigInt(unscaled), Number(scale)),
+        raw: sluice.hexBytes(bytes),
+      });
+      if (op === 'upsert') sluice.upsertJson('typed', ['id'], [row]);
+      else if (op === 'delete') sluice.deleteJson('typed', ['id'], [row]);
+      else throw new Error(`unknown op ${op}`);
+      return '';
+    }
     case 'flood-output':
       for (;;) sluice.appendJson('hostile', ['{"flood":1}']);
     case 'panic':

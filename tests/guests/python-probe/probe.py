@@ -17,6 +17,7 @@ raised, so one batch can try many escapes. Relative paths are joined onto
 | `env`                   | `vars={count} {vars} args={args}`                |
 | `clock`                 | `{wall_ns} {mono_ns} {mono_ns} {random hex}`     |
 | `prng`                  | `random.random()` (the language's own PRNG)      |
+| `typed ID MICROS DAYS UNSCALED SCALE HEX OP` | `""`; upserts or deletes a row of `typed` built with the SDK's value texts (HEX `-`: no bytes) |
 
 Misbehaviours, which end the batch: `loop`, `alloc`, `flood-log`,
 `flood-output` (stages to table `hostile`), `panic` (an uncaught exception).
@@ -63,6 +64,20 @@ def run(line: str, started: int) -> str:
         return f"{wall} {mono[0]} {mono[1]} {os.urandom(16).hex()}"
     if cmd == "prng" and not args:
         return repr(random.random())
+    if cmd == "typed" and len(args) == 7:
+        ident, micros, days, unscaled, scale, raw, op = args
+        row = json.dumps({
+            "id": int(ident),
+            "at": sluice.timestamp_micros(int(micros)),
+            "local": sluice.timestamp_ntz_micros(int(micros)),
+            "day": sluice.date_days(int(days)),
+            "amount": sluice.decimal(int(unscaled), int(scale)),
+            "raw": sluice.hex_bytes(bytes.fromhex("" if raw == "-" else raw)),
+        })
+        if op not in ("upsert", "delete"):
+            raise ValueError(f"unknown op {op!r}")
+        (sluice.upsert_json if op == "upsert" else sluice.delete_json)("typed", ["id"], [row])
+        return ""
     if cmd == "loop":
         n = 0
         while True:

@@ -24,6 +24,7 @@
 //! | `stdin`                      | bytes read from stdin                         |
 //! | `clock`                      | `{wall_ns} {mono_ns} {mono_ns} {random hex}`  |
 //! | `stage-file PATH FORMAT TABLE` | `""`; FORMAT is `json-lines` or `arrow-ipc`, PATH is passed to the host as given |
+//! | `typed ID MICROS DAYS UNSCALED SCALE HEX OP` | `""`; upserts (OP `upsert`) or deletes (`delete`) a row of table `typed` built with the SDK's value texts (`sluice_sdk::values`); HEX `-` is no bytes |
 
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -116,8 +117,36 @@ fn run(line: &str, started: Instant) -> Outcome {
                 .map(|()| String::new())
                 .map_err(|e| e.to_string())
         }
+        ("typed", [id, micros, days, unscaled, scale, raw, op]) => typed(id, micros, days, unscaled, scale, raw, op),
         _ => Err("unknown command".to_owned()),
     }
+}
+
+/// The `typed` command: one row of canonical value texts, staged as an
+/// upsert or a delete. The Python and JavaScript probes build the same row.
+fn typed(id: &str, micros: &str, days: &str, unscaled: &str, scale: &str, raw: &str, op: &str) -> Result<String, String> {
+    use sluice_sdk::values;
+    let num = |s: &str| s.parse::<i128>().map_err(|e| format!("{s}: {e}"));
+    let micros = num(micros)? as i64;
+    let raw = if raw == "-" { "" } else { raw };
+    let bytes: Vec<u8> = (0..raw.len() / 2).map(|i| u8::from_str_radix(&raw[2 * i..2 * i + 2], 16)).collect::<Result<_, _>>().map_err(|e| e.to_string())?;
+    let row = serde_json::json!({
+        "id": num(id)? as i64,
+        "at": values::timestamp_micros(micros),
+        "local": values::timestamp_ntz_micros(micros),
+        "day": values::date_days(num(days)? as i64),
+        "amount": values::decimal(num(unscaled)?, num(scale)? as u8),
+        "raw": values::hex(&bytes),
+    })
+    .to_string();
+    let table = Table::new("typed");
+    match op {
+        "upsert" => table.upsert_json(&["id"], [row]),
+        "delete" => table.delete_json(&["id"], [row]),
+        other => return Err(format!("unknown op {other:?}")),
+    }
+    .map(|()| String::new())
+    .map_err(|e| e.to_string())
 }
 
 fn resolve(path: &str) -> PathBuf {
