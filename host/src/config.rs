@@ -575,7 +575,7 @@ fuel = 1000
         let e = error(&GOOD.replace("fuel = 1000", "fuell = 1000"));
         assert!(e.contains("`limits.fuell`") && e.contains("unknown field `fuell`"), "{e}");
         let e = error(&GOOD.replace("type = \"long\"", "type = \"money\""));
-        assert!(e.contains("`tables[0].columns[1].type`") && e.contains("unknown variant `money`"), "{e}");
+        assert!(e.contains("`tables[0].columns[1].type`") && e.contains("unknown type `money`"), "{e}");
         let e = error(&GOOD.replace("keys = [\"order_id\"]", "keys = [\"id\"]"));
         assert!(e.contains("`tables[0].keys`: key `id` is not a column of table `orders`"), "{e}");
         let e = error(&GOOD.replace("[source]\n", "[sauce]\n"));

@@ -50,10 +50,11 @@ pub enum LoadError {
         /// The validator's or compiler's message.
         detail: String,
     },
-    /// The component is not a `sluice:sink/sink@0.1.0` component.
+    /// The component is not a `sluice:sink/sink` component of a version
+    /// the host runs (0.2.0, or 0.1.0).
     #[error(
-        "{what} is not a sluice sink: {detail}. A sink must export `sluice:sink/handler@0.1.0` \
-         and import only the sluice:sink interfaces and WASI 0.2"
+        "{what} is not a sluice sink: {detail}. A sink must export `sluice:sink/handler@0.2.0` (or, built \
+         against the earlier WIT, `@0.1.0`) and import only the sluice:sink interfaces of that version and WASI 0.2"
     )]
     WrongWorld {
         /// The file or a description of the bytes.

@@ -3,6 +3,7 @@
 
 mod agreement;
 mod bad_components;
+mod cdc;
 mod cli;
 mod conformance;
 mod crash;
@@ -29,3 +30,4 @@ mod seed_incident;
 mod source_agreement;
 mod staging;
 mod table_types;
+mod wit_versions;

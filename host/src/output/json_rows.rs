@@ -12,8 +12,6 @@ use super::json_text::{self, Node};
 use super::{PARSE_FACTOR, ROW_CHARGE, canonical};
 use crate::limits::{Budget, LimitExceeded};
 use crate::sandbox::bindings::sluice::sink::output as wit;
-#[cfg(test)]
-use serde_json::Value;
 
 /// Staged JSON rows in canonical form, built one row at a time with every
 /// byte charged to a budget first.
@@ -52,13 +50,11 @@ impl JsonRows {
         // The tree, and the row moved aside while it is parsed.
         budget.check(len.saturating_mul(PARSE_FACTOR + 1))?;
         let row = self.out.split_off(start);
-        // serde_json says what is wrong with a row that is not JSON; the
-        // row is then read again keeping its numbers exact (`json_text`).
-        if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&row) {
-            return Ok(Err(invalid(format!("not valid JSON: {e}"))));
-        }
+        // Read keeping its numbers exact (`json_text`); serde_json says
+        // what is wrong with a row that is not JSON.
         let Some(node) = json_text::parse(&row) else {
-            return Ok(Err(invalid("not valid JSON".into())));
+            let why = serde_json::from_slice::<serde::de::IgnoredAny>(&row).err().map_or("not valid JSON".into(), |e| e.to_string());
+            return Ok(Err(invalid(format!("not valid JSON: {why}"))));
         };
         let Node::Object(_) = &node else {
             return Ok(Err(invalid("not a JSON object".into())));
@@ -83,39 +79,3 @@ impl JsonRows {
         (self.out, self.count)
     }
 }
-
-/// The canonical encoding as serde_json's f64 numbers give it: what staging
-/// wrote before `json_text` kept inexact numbers exact. For rows whose
-/// numbers an f64 holds exactly both must agree (the fuzz tests check it),
-/// so digests of earlier batches stand.
-#[cfg(test)]
-pub(super) fn write_canonical(v: &Value, out: &mut Vec<u8>) {
-    match v {
-        Value::Object(map) => {
-            let mut entries: Vec<_> = map.iter().collect();
-            entries.sort_by(|a, b| a.0.cmp(b.0));
-            out.push(b'{');
-            for (i, (k, v)) in entries.into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                serde_json::to_writer(&mut *out, k).expect("writing to a Vec");
-                out.push(b':');
-                write_canonical(v, out);
-            }
-            out.push(b'}');
-        }
-        Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                write_canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => serde_json::to_writer(&mut *out, scalar).expect("writing to a Vec"),
-    }
-}
-

@@ -7,16 +7,19 @@
 //! sink wrote, so staging re-encodes rows through this reader instead.
 //!
 //! The canonical form of a number (part of the output digest):
-//! - an integer that fits an i64 or u64, and a number an f64 holds exactly,
-//!   is written as serde_json writes it (`1.50` → `1.5`, `1e2` → `100.0`),
-//!   as before this reader existed, so digests of earlier batches stand;
+//! - an integer that fits an i64 or u64, and a number whose value is the
+//!   shortest decimal of an f64 (`1.50`, `1e2`, `0.1`), is written as
+//!   serde_json writes it (`1.5`, `100.0`, `0.1`), as before this reader
+//!   existed, so digests of earlier batches stand for them;
 //! - any other number (one an f64 would round) is written exactly: its
 //!   significant digits, without leading or trailing zeros, in positional
 //!   notation (`12345678901234567.89`), or as `D.DDDe±N` when that would
 //!   take more than 40 digits.
 //!
-//! The reader only runs on text serde_json has already accepted (whose
-//! errors are the ones sinks see); on anything else it returns `None`.
+//! The reader accepts exactly what serde_json accepts (numbers are checked
+//! by serde_json itself, strings unescaped by it); on anything else it
+//! returns `None`, and the caller asks serde_json what is wrong, so sinks
+//! see serde_json's messages.
 
 use std::borrow::Cow;
 
@@ -138,7 +141,8 @@ impl<'a> Reader<'a> {
                     self.pos += 1;
                 }
                 let token = &self.text[start..self.pos];
-                Decimal::parse(token).map(|_| Node::Number(token))
+                // JSON's number grammar and serde_json's range (no `1e400`).
+                serde_json::from_str::<serde_json::Number>(token).ok().map(|_| Node::Number(token))
             }
         }
     }
@@ -156,6 +160,8 @@ impl<'a> Reader<'a> {
         loop {
             match *bytes.get(i)? {
                 b'"' => break,
+                // Control characters must be escaped in JSON strings.
+                0..0x20 => return None,
                 b'\\' => {
                     escaped = true;
                     i += 2;
@@ -217,9 +223,8 @@ pub(crate) fn write_canonical(node: &Node<'_>, out: &mut Vec<u8>) {
 /// The canonical text of the number `text` (valid JSON number syntax).
 pub(crate) fn write_number(text: &str, out: &mut Vec<u8>) {
     if let Ok(n) = serde_json::from_str::<serde_json::Number>(text) {
-        let written = n.to_string();
-        if n.is_i64() || n.is_u64() || Decimal::parse(&written) == Decimal::parse(text) {
-            out.extend_from_slice(written.as_bytes());
+        if n.is_i64() || n.is_u64() || f64_holds(text) {
+            out.extend_from_slice(n.to_string().as_bytes());
             return;
         }
     }
@@ -227,6 +232,14 @@ pub(crate) fn write_number(text: &str, out: &mut Vec<u8>) {
         Some(d) => d.write(out),
         None => out.extend_from_slice(text.as_bytes()),
     }
+}
+
+/// Whether the nearest f64 to `text`'s value, written shortest, is that
+/// value: a property of the value, not of its spelling (Rust's parser
+/// rounds correctly; serde_json's does not always), so canonical text is a
+/// fixed point.
+fn f64_holds(text: &str) -> bool {
+    text.parse::<f64>().is_ok_and(|f| f.is_finite() && Decimal::parse(&f.to_string()) == Decimal::parse(text))
 }
 
 /// A decimal number, exactly: `digits × 10^exponent`, `digits` without
@@ -333,9 +346,17 @@ mod tests {
             r#"{"a":1.5,"b":100.0,"c":-0.0,"d":18446744073709551615,"e":-9223372036854775808}"#);
         // An f64 would round these.
         assert_eq!(canonical(r#"[12345678901234567.89,99999999999999999999999999999999999999,-0.00000000000000000000000000000000000001]"#),
-            "[12345678901234567.89,99999999999999999999999999999999999999,-0.00000000000000000000000000000000000001]");
+            "[12345678901234567.89,99999999999999999999999999999999999999,-1e-38]");
         assert_eq!(canonical("[123456789012345678901234567890123456789012345]"), "[1.23456789012345678901234567890123456789012345e44]");
         assert_eq!(canonical("[1.000000000000000000000000001e-60]"), "[1.000000000000000000000000001e-60]");
+    }
+
+    #[test]
+    fn only_what_serde_json_accepts_is_read() {
+        for bad in ["[1e400]", "[+1]", "[.5]", "[01]", "[1.]", "[1,]", "{\"a\":1,}", "\"a\u{1}b\"", "[\"\\x\"]", "{\"a\" 1}", "[1] x"] {
+            assert!(parse(bad.as_bytes()).is_none(), "{bad}");
+            assert!(serde_json::from_str::<serde_json::Value>(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

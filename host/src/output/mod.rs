@@ -31,8 +31,6 @@ pub(crate) mod json_text;
 
 use ipc_stream::arrow_rows;
 pub(crate) use json_rows::JsonRows;
-#[cfg(test)]
-use json_rows::write_canonical;
 
 use digest::OutputDigest;
 
