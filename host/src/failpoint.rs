@@ -12,6 +12,7 @@
 //!
 //! The points, in batch order: `after-offsets-log`, `in-sink`,
 //! `before-table-commit` (each table, after the ownership checks),
+//! `after-schema-change` (a table's added columns committed, its batch not),
 //! `between-table-commits`, `after-table-commits`, `in-checkpoint-write`
 //! (after the temporary file is written, before it is linked or renamed
 //! into place; before the PUT in object storage).

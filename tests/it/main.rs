@@ -9,6 +9,7 @@ mod conformance;
 mod crash;
 mod batch_tools;
 mod delta_commit;
+mod evolution;
 mod determinism;
 mod harness;
 mod host;
