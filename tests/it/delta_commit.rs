@@ -150,7 +150,7 @@ fn rows_that_do_not_fit_commit_nothing() {
     let before = committer.ensure_tables().unwrap()["orders"];
     let err = committer.commit(&orders_batch(&h, 0, &[order("o-1", "new")])).unwrap_err();
     assert!(matches!(err, CommitError::Schema { .. }), "{err}");
-    assert!(err.to_string().starts_with("table `orders`: rows do not fit the schema"), "{err}");
+    assert!(err.to_string().starts_with("table `orders`: row 0 ({\"amount_cents\":100,"), "names the row: {err}");
     assert!(err.to_string().contains("status"), "names the column: {err}");
     assert_eq!(committer.ensure_tables().unwrap()["orders"], before, "nothing was committed");
     assert_eq!(committer.committed_batches().unwrap()["orders"], None);
@@ -165,7 +165,9 @@ fn an_existing_table_with_another_schema_is_refused() {
     let err = DeltaCommitter::new("p", vec![changed]).unwrap().ensure_tables().unwrap_err();
     assert_eq!(
         err.to_string(),
-        "table `orders`: column `amount_cents` is Int64 in the existing table but declared Utf8; nothing was committed"
+        "table `orders`: column `amount_cents` is long in the existing table but declared string. A type cannot be \
+         changed in place: declare the table's type again, or write to a new column (or a new table) of the new type; \
+         nothing was committed"
     );
 }
 
