@@ -95,6 +95,7 @@ bench: setup $(SERVERS_STAMP)
 	cargo bench --locked --bench pipeline
 	SLUICE_MOTO=$(MOTO) cargo bench --locked --bench object_store
 	cargo bench --locked --bench maintenance
+	cargo bench --locked --bench merge
 
 # The benchmarks at a tiny size, to check they still run.
 bench-smoke: setup $(SERVERS_STAMP)
@@ -102,3 +103,4 @@ bench-smoke: setup $(SERVERS_STAMP)
 	SLUICE_BENCH_RECORDS=20000 cargo bench --locked --bench pipeline
 	SLUICE_MOTO=$(MOTO) SLUICE_BENCH_RECORDS=5000 cargo bench --locked --bench object_store
 	SLUICE_BENCH_RECORDS=300 cargo bench --locked --bench maintenance
+	SLUICE_BENCH_CHANGES=20000 cargo bench --locked --bench merge

@@ -25,7 +25,7 @@ export function* records(batch, stream) {
 }
 
 /**
- * The records of one chunk. Layout (wit/types.wit, `record-chunk`): each
+ * The records of one chunk. Layout (wit/v0.2.0/types.wit, `record-chunk`): each
  * record's key, value, then header keys and values back to back in `data`;
  * a length of -1 is a null; `headerCounts` headers per record.
  * `key`, `value` and header values are Uint8Array views into `data` (or null).

@@ -41,7 +41,7 @@ def records(batch: _types.BatchInfo, stream) -> Iterator[Record]:
 
 
 def chunk_records(batch: _types.BatchInfo, chunk: _types.RecordChunk) -> Iterator[Record]:
-    """The records of one chunk. See `record-chunk` in wit/types.wit for the
+    """The records of one chunk. See `record-chunk` in wit/v0.2.0/types.wit for the
     layout: key, value and headers of each record back to back in `data`,
     -1 lengths for nulls, `header_counts` headers per record."""
     data = chunk.data
