@@ -269,3 +269,25 @@ fn a_partitioned_table_is_laid_out_by_partition_read_with_filters_merged_replaye
     assert_eq!(by_id(&after.rows), want, "maintenance changes no rows");
     assert!(after.files <= all.files, "compacted per partition: {} → {} files", all.files, after.files);
 }
+
+#[test]
+fn in_a_batch_of_upserts_and_deletes_a_row_that_does_not_fit_is_named_by_its_place_in_staging_order() {
+    let broker = Broker::start();
+    broker.create_topic("ops", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let config = table_ops_config(dir.path(), "mixed", &broker.bootstrap, &format!(
+        "[[tables]]\nname = \"types\"\npath = \"tables/types\"\nkeys = [\"id\"]\n{TYPES_COLUMNS}\n"
+    ));
+    let commands = [
+        op("types", "upsert", "json", json!({"id": 1, "amount": "1.00"})),
+        op("types", "delete", "json", json!({"id": 2, "amount": "not even looked at"})),
+        op("types", "upsert", "json", json!({"id": 3, "amount": "2.00"})),
+        op("types", "delete", "json", json!({"id": 4})),
+        op("types", "upsert", "json", json!({"id": 5, "amount": "0.001"})),
+    ];
+    produce(&broker.bootstrap, "ops", 1, &commands);
+    let (code, _, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
+    assert_ne!(code, 0, "{stderr}");
+    assert!(stderr.contains("row 4 (") && stderr.contains("column `amount`: `0.001` has 3 digits after the point"), "{stderr}");
+    assert!(stderr.contains("nothing was committed"), "{stderr}");
+}

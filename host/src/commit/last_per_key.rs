@@ -13,7 +13,9 @@ use std::collections::HashMap;
 
 /// The last row of every key of `batches`, in the order keys were first
 /// seen. Keys are compared by value (typed, as decoded), not by spelling.
-pub(crate) fn last_per_key(schema: &SchemaRef, batches: &[RecordBatch], keys: &[String]) -> Result<RecordBatch, String> {
+/// With `seq`, "last" is the row with the highest `seq` (its place in
+/// staging order) rather than the one furthest down.
+pub(crate) fn last_per_key(schema: &SchemaRef, batches: &[RecordBatch], keys: &[String], seq: Option<&[u64]>) -> Result<RecordBatch, String> {
     let all = arrow_select::concat::concat_batches(schema, batches).map_err(|e| e.to_string())?;
     let mut columns = Vec::with_capacity(keys.len());
     for k in keys {
@@ -23,15 +25,34 @@ pub(crate) fn last_per_key(schema: &SchemaRef, batches: &[RecordBatch], keys: &[
     let converter = RowConverter::new(fields).map_err(|e| e.to_string())?;
     let rows = converter.convert_columns(&columns).map_err(|e| e.to_string())?;
     // Key → (first-seen rank, last row index).
-    let mut last: HashMap<arrow_row::Row<'_>, (usize, u32)> = HashMap::with_capacity(rows.num_rows());
-    for (i, row) in rows.iter().enumerate() {
-        let rank = last.len();
-        last.entry(row).and_modify(|e| e.1 = i as u32).or_insert((rank, i as u32));
+    let mut last: HashMap<arrow_row::Row<'_>, (u64, u32)> = HashMap::with_capacity(rows.num_rows());
+    match seq {
+        None => {
+            for (i, row) in rows.iter().enumerate() {
+                let rank = last.len() as u64;
+                last.entry(row).and_modify(|e| e.1 = i as u32).or_insert((rank, i as u32));
+            }
+        }
+        Some(seq) => {
+            if seq.len() != rows.num_rows() {
+                return Err(format!("{} staging places for {} rows", seq.len(), rows.num_rows()));
+            }
+            // Rank by the earliest place of the key, keep its latest row.
+            for (i, row) in rows.iter().enumerate() {
+                let e = last.entry(row).or_insert((seq[i], i as u32));
+                if seq[i] < e.0 {
+                    e.0 = seq[i];
+                }
+                if seq[i] > seq[e.1 as usize] {
+                    e.1 = i as u32;
+                }
+            }
+        }
     }
-    if last.len() == all.num_rows() {
+    if last.len() == all.num_rows() && seq.is_none() {
         return Ok(all);
     }
-    let mut keep: Vec<(usize, u32)> = last.into_values().collect();
+    let mut keep: Vec<(u64, u32)> = last.into_values().collect();
     keep.sort_unstable();
     let indices = UInt32Array::from_iter_values(keep.into_iter().map(|(_, i)| i));
     arrow_select::take::take_record_batch(&all, &indices).map_err(|e| e.to_string())
@@ -54,10 +75,14 @@ mod tests {
     fn the_last_row_of_each_key_wins_across_batches_in_first_seen_order() {
         let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::Int64, false), Field::new("name", DataType::Utf8, true)]));
         let batches = [batch(&schema, &[1, 2, 1], &["a", "b", "c"]), batch(&schema, &[3, 2], &["d", "e"])];
-        let out = last_per_key(&schema, &batches, &["id".into()]).unwrap();
+        let out = last_per_key(&schema, &batches, &["id".into()], None).unwrap();
         assert_eq!(out, batch(&schema, &[1, 2, 3], &["c", "e", "d"]));
         // Two key columns: (1, "c") and (1, "a") are different keys.
-        let out = last_per_key(&schema, &batches, &["id".into(), "name".into()]).unwrap();
+        let out = last_per_key(&schema, &batches, &["id".into(), "name".into()], None).unwrap();
         assert_eq!(out.num_rows(), 5);
+        // Rows out of staging order: the highest place wins, keys ranked by
+        // their earliest place.
+        let out = last_per_key(&schema, &batches, &["id".into()], Some(&[4, 1, 0, 3, 2])).unwrap();
+        assert_eq!(out, batch(&schema, &[1, 2, 3], &["a", "e", "d"]));
     }
 }

@@ -1376,17 +1376,18 @@ fn prepare(t: &TableConfig, ops: &[&StagedOp]) -> Result<Prepared, CommitError> 
         return Err(schema_err(format!("key `{k}` is not a column")));
     }
     let deletes = modes.iter().any(|m| matches!(m, WriteMode::Delete { .. }));
-    let (schema, decoded) = if deletes {
-        merge_rows::decode(&schema, keys, ops).map_err(schema_err)?
+    let (schema, decoded, seq) = if deletes {
+        let (schema, decoded, seq) = merge_rows::decode(&schema, keys, ops).map_err(schema_err)?;
+        (schema, decoded, Some(seq))
     } else {
-        (schema.clone(), decode_all(ops, &schema).map_err(schema_err)?)
+        (schema.clone(), decode_all(ops, &schema).map_err(schema_err)?, None)
     };
     if decoded.iter().all(|b| b.num_rows() == 0) {
         // Nothing to merge (a MERGE needs a source with rows): commit an
         // empty write, so the table still records the batch.
         return Ok(Prepared::Append(vec![RecordBatch::new_empty(t.arrow_schema())]));
     }
-    let last = last_per_key::last_per_key(&schema, &decoded, keys).map_err(schema_err)?;
+    let last = last_per_key::last_per_key(&schema, &decoded, keys, seq.as_deref()).map_err(schema_err)?;
     let deleted = if deletes { merge_rows::deleted(&last) } else { 0 };
     batches.push(last);
     Ok(Prepared::Upsert { keys: keys.to_vec(), deletes, deleted, batches })
