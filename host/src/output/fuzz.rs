@@ -227,6 +227,19 @@ proptest! {
         check_stream(mutate(stream, &edits))?;
     }
 
+    #[test]
+    fn nested_arrow_streams_from_mutated_valid_streams(edits in edits()) {
+        check_stream(mutate(nested_stream(), &edits))?;
+    }
+
+    #[test]
+    fn nested_arrow_streams_declaring_huge_lengths(word in 0usize..256, value in prop_oneof![Just(i64::MAX), Just(1i64 << 40), Just(-1), Just(0), any::<i64>()]) {
+        let mut stream = nested_stream();
+        let at = (word * 8) % (stream.len() - 8);
+        stream[at..at + 8].copy_from_slice(&value.to_le_bytes());
+        check_stream(stream)?;
+    }
+
     /// Every 8-byte word of a valid stream set to a huge length: whatever
     /// it declares, decoding allocates in proportion to the stream.
     #[test]
@@ -236,6 +249,54 @@ proptest! {
         stream[at..at + 8].copy_from_slice(&value.to_le_bytes());
         check_stream(stream)?;
     }
+}
+
+/// A stream of every nested and typed column a table can take: struct,
+/// list and map (offsets and child nodes to corrupt), decimal, timestamp
+/// and date.
+fn nested_stream() -> Vec<u8> {
+    use arrow_array::builder::{Int32Builder, ListBuilder, MapBuilder, StringBuilder};
+    use arrow_array::{ArrayRef, Date32Array, Decimal128Array, Int64Array, StringArray, StructArray, TimestampMicrosecondArray};
+    use arrow_schema::{DataType, Field, Fields};
+    let mut list = ListBuilder::new(StringBuilder::new());
+    for row in [vec![Some("a"), None], vec![], vec![Some("bbb")], vec![None, Some("c"), Some("d")]] {
+        for v in row {
+            list.values().append_option(v);
+        }
+        list.append(true);
+    }
+    let mut map = MapBuilder::new(None, StringBuilder::new(), Int32Builder::new());
+    for row in [vec![("x", Some(1))], vec![], vec![("y", None), ("z", Some(3))], vec![("w", Some(4))]] {
+        for (k, v) in row {
+            map.keys().append_value(k);
+            map.values().append_option(v);
+        }
+        map.append(true).unwrap();
+    }
+    let fields = Fields::from(vec![Field::new("city", DataType::Utf8, true), Field::new("n", DataType::Int64, true)]);
+    let address = StructArray::new(
+        fields,
+        vec![
+            Arc::new(StringArray::from(vec![Some("z"), None, Some("b"), Some("q")])) as ArrayRef,
+            Arc::new(Int64Array::from(vec![Some(1), Some(2), None, Some(4)])),
+        ],
+        None,
+    );
+    let columns: Vec<(&str, ArrayRef)> = vec![
+        ("tags", Arc::new(list.finish())),
+        ("attrs", Arc::new(map.finish())),
+        ("address", Arc::new(address)),
+        ("amount", Arc::new(Decimal128Array::from(vec![Some(1), None, Some(-99_999), Some(5)]).with_precision_and_scale(7, 2).unwrap())),
+        ("at", Arc::new(TimestampMicrosecondArray::from(vec![Some(-1), Some(0), None, Some(1 << 50)]).with_timezone("UTC"))),
+        ("day", Arc::new(Date32Array::from(vec![Some(-1), None, Some(0), Some(20_000)]))),
+    ];
+    let batch = RecordBatch::try_from_iter(columns).unwrap();
+    let mut out = Vec::new();
+    let mut w = arrow_ipc::writer::StreamWriter::try_new(&mut out, &batch.schema()).unwrap();
+    w.write(&batch).unwrap();
+    w.finish().unwrap();
+    drop(w);
+    out
 }
 
 /// A stream with strings, so offsets and data buffers are there to corrupt.
@@ -289,3 +350,13 @@ fn check_stream(bytes: Vec<u8>) -> Result<(), TestCaseError> {
     }
     Ok(())
 }
+
+#[test]
+fn a_valid_nested_stream_decodes_with_every_column() {
+    let (rows, cost) = (big_budget(Limit::OutputRows), big_budget(Limit::OutputBytes));
+    let (staged, n) = arrow_rows(Buffer::from_vec(nested_stream()), &[], "f.arrow", &rows, &cost).unwrap().unwrap();
+    assert_eq!(n, 4);
+    let StagedRows::ArrowIpc(a) = staged else { panic!("arrow rows") };
+    assert_eq!(a.batches()[0].num_columns(), 6);
+}
+

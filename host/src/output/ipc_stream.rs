@@ -93,10 +93,19 @@ pub(super) fn check_ipc_framing(bytes: &[u8]) -> Result<Framing, String> {
             }
             found.arrays += 1;
         }
+        // The IPC format aligns every buffer to 8 bytes; arrow asserts it
+        // (a panic) when it views a nested column's offsets, so a buffer
+        // that is not is refused here. The stream itself is 64-aligned.
+        if (pos - body) % 8 != 0 {
+            return Err(at(format!("its body starts at byte {}, not on an 8-byte boundary", pos - body)));
+        }
         for (i, b) in batch.buffers().into_iter().flatten().enumerate() {
             let fits = u64::try_from(b.offset()).ok().zip(u64::try_from(b.length()).ok()).and_then(|(o, l)| o.checked_add(l));
             if fits.is_none_or(|end| end > body as u64) {
                 return Err(at(format!("buffer {i} ({} bytes at {}) is outside its {body}-byte body", b.length(), b.offset())));
+            }
+            if b.offset() % 8 != 0 {
+                return Err(at(format!("buffer {i} starts at {}, not on an 8-byte boundary", b.offset())));
             }
         }
         if batch.variadicBufferCounts().is_some_and(|c| !c.is_empty()) {
@@ -120,7 +129,7 @@ fn check_field_type(field: &arrow_ipc::Field<'_>) -> Result<Layout, String> {
 const MAX_NESTING: usize = 32;
 
 fn check_field(field: &arrow_ipc::Field<'_>, depth: usize) -> Result<Layout, String> {
-    use arrow_ipc::{DateUnit, Precision, Type};
+    use arrow_ipc::{DateUnit, Precision, TimeUnit, Type};
     let name = field.name().unwrap_or("");
     let refuse = |what: &str| {
         Err(format!(
@@ -152,12 +161,30 @@ fn check_field(field: &arrow_ipc::Field<'_>, depth: usize) -> Result<Layout, Str
             Precision::DOUBLE => Some(Layout::Fixed(8)),
             _ => None,
         })),
-        Type::Date => flat(field.type_as_date().map(|d| Layout::Fixed(if d.unit() == DateUnit::DAY { 4 } else { 8 }))),
-        Type::Timestamp => flat(field.type_as_timestamp().map(|_| Layout::Fixed(8))),
-        Type::Decimal => flat(field.type_as_decimal().filter(|d| d.bitWidth() == 128).map(|_| Layout::Fixed(16))),
-        Type::Struct_ => Some(Layout::Struct(children.iter().map(nested).collect::<Result<_, _>>()?)),
-        Type::List if children.len() == 1 => Some(Layout::List(Box::new(nested(&children[0])?))),
-        Type::Map if children.len() == 1 => match nested(&children[0])? {
+        // Enum values and widths arrow's schema conversion `panic!`s or
+        // `unwrap`s on are refused here (found by the nested-stream fuzz).
+        Type::Date => flat(field.type_as_date().and_then(|d| match d.unit() {
+            DateUnit::DAY => Some(Layout::Fixed(4)),
+            DateUnit::MILLISECOND => Some(Layout::Fixed(8)),
+            _ => None,
+        })),
+        Type::Timestamp => flat(
+            field
+                .type_as_timestamp()
+                .filter(|t| matches!(t.unit(), TimeUnit::SECOND | TimeUnit::MILLISECOND | TimeUnit::MICROSECOND | TimeUnit::NANOSECOND))
+                .map(|_| Layout::Fixed(8)),
+        ),
+        Type::Decimal => flat(
+            field
+                .type_as_decimal()
+                .filter(|d| d.bitWidth() == 128 && (1..=38).contains(&d.precision()) && (0..=d.precision()).contains(&d.scale()))
+                .map(|_| Layout::Fixed(16)),
+        ),
+        Type::Struct_ if field.children().is_some() && field.type_as_struct_().is_some() => {
+            Some(Layout::Struct(children.iter().map(nested).collect::<Result<_, _>>()?))
+        }
+        Type::List if children.len() == 1 && field.type_as_list().is_some() => Some(Layout::List(Box::new(nested(&children[0])?))),
+        Type::Map if children.len() == 1 && field.type_as_map().is_some() => match nested(&children[0])? {
             Layout::Struct(kv) if kv.len() == 2 => Some(Layout::List(Box::new(Layout::Struct(kv)))),
             _ => return refuse("is a map whose entries are not a struct of a key and a value"),
         },
@@ -220,6 +247,11 @@ impl<N: Iterator<Item = (u64, u64)>, B: Iterator<Item = u64>> Walk<N, B> {
         let short = |what: &str, have: u64, need: u64| {
             if have < need { Err(format!("{column}'s {what} buffer has {have} bytes, {need} needed")) } else { Ok(()) }
         };
+        // arrow views a typed buffer whole (`typed_data`), asserting (a
+        // panic) that its length is a multiple of the element's width.
+        let whole = |what: &str, have: u64, width: u64| {
+            if have % width != 0 { Err(format!("{column}'s {what} buffer has {have} bytes, not a multiple of {width}")) } else { Ok(()) }
+        };
         if let Layout::Null = layout {
             return Ok(());
         }
@@ -230,9 +262,15 @@ impl<N: Iterator<Item = (u64, u64)>, B: Iterator<Item = u64>> Walk<N, B> {
         match layout {
             Layout::Null => {}
             Layout::Bits => short("values", self.take(column, "values")?, bits)?,
-            Layout::Fixed(w) => short("values", self.take(column, "values")?, len.saturating_mul(*w))?,
+            Layout::Fixed(w) => {
+                let have = self.take(column, "values")?;
+                short("values", have, len.saturating_mul(*w))?;
+                whole("values", have, *w)?;
+            }
             Layout::Var(w) => {
-                short("offsets", self.take(column, "offsets")?, (len + 1).saturating_mul(*w))?;
+                let have = self.take(column, "offsets")?;
+                short("offsets", have, (len + 1).saturating_mul(*w))?;
+                whole("offsets", have, *w)?;
                 self.take(column, "values")?;
             }
             Layout::Struct(children) => {
@@ -241,7 +279,9 @@ impl<N: Iterator<Item = (u64, u64)>, B: Iterator<Item = u64>> Walk<N, B> {
                 }
             }
             Layout::List(child) => {
-                short("offsets", self.take(column, "offsets")?, (len + 1).saturating_mul(4))?;
+                let have = self.take(column, "offsets")?;
+                short("offsets", have, (len + 1).saturating_mul(4))?;
+                whole("offsets", have, 4)?;
                 self.column(&format!("{column}.items"), child, None)?;
             }
         }
