@@ -85,6 +85,7 @@ fn output(batch_id: u64, ops: Vec<StagedOp>) -> BatchOutput {
         records_in: 0,
         record_bytes_in: 0,
         fuel_used: 0,
+        quarantined: 0,
         timings: Timings::default(),
     }
 }

@@ -33,6 +33,22 @@ pub struct PipelineConfig {
     /// How much checkpoint history is kept (all optional).
     #[serde(default)]
     pub retention: RetentionConfig,
+    /// Where poison records go and the search's bounds
+    /// (`pipeline.on_poison = "quarantine"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<crate::pipeline::quarantine::QuarantineConfig>,
+}
+
+/// `pipeline.on_poison`: what a batch failing deterministically does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnPoison {
+    /// Stop the pipeline (retrying cannot help): the operator fixes the sink.
+    #[default]
+    Stop,
+    /// Find the records it fails on, set them aside in the quarantine
+    /// table, and commit the rest (see `pipeline::quarantine`).
+    Quarantine,
 }
 
 /// How the pipeline decides when to plan the next batch.
@@ -102,6 +118,10 @@ pub struct PipelineSection {
     /// `/readyz` fails when the batch loop has not turned for this long.
     #[serde(default = "default_ready_within_ms")]
     pub ready_within_ms: u64,
+    /// What a batch that fails deterministically does: `"stop"` (default)
+    /// or `"quarantine"`.
+    #[serde(default)]
+    pub on_poison: OnPoison,
 }
 
 /// `pipeline.checkpoint_durability`: the §6.5 rule.
@@ -264,6 +284,23 @@ impl PipelineConfig {
                 return Err((format!("tables[{i}].partition_by"), "a table needs at least one column that is not a partition column".into()));
             }
         }
+        match (&self.pipeline.on_poison, &self.quarantine) {
+            (OnPoison::Quarantine, None) => {
+                return Err(("pipeline.on_poison".into(), "\"quarantine\" needs a [quarantine] table giving the quarantine table's `path`".into()));
+            }
+            (OnPoison::Stop, Some(_)) => {
+                return Err(("quarantine".into(), "is used only with pipeline.on_poison = \"quarantine\"; set it, or remove [quarantine]".into()));
+            }
+            (_, Some(q)) => {
+                if self.tables.iter().any(|t| t.name == q.table) {
+                    return Err(("quarantine.table".into(), format!("`{}` is also a [[tables]] name; the quarantine table is the host's own", q.table)));
+                }
+                if q.max_records_per_batch == 0 || q.max_extra_runs == 0 {
+                    return Err(("quarantine.max_records_per_batch".into(), "it and quarantine.max_extra_runs must be at least 1".into()));
+                }
+            }
+            _ => {}
+        }
         if self.retention.batches == 0 {
             return Err(("retention.batches".into(), "must be at least 1: a restart continues from the last committed batch's plan".into()));
         }
@@ -276,11 +313,13 @@ impl PipelineConfig {
     /// part of that table's files (a vacuum of the outer one deletes it).
     /// Compared as written, `.` and `..` resolved, symlinks not followed.
     fn check_table_paths(&self) -> Result<(), (String, String)> {
+        // The quarantine table needs a place of its own too (it is last).
+        let tables = self.resolved_tables();
         let parts: Vec<(String, Vec<String>)> =
-            self.tables.iter().map(|t| t.path.parts()).collect();
+            tables.iter().map(|t| t.path.parts()).collect();
         for (i, (store_a, a)) in parts.iter().enumerate() {
             for (j, (store_b, b)) in parts.iter().enumerate().filter(|(j, _)| *j < i) {
-                let (ti, tj) = (&self.tables[i], &self.tables[j]);
+                let (ti, tj) = (&tables[i], &tables[j]);
                 let relation = if store_a != store_b {
                     continue;
                 } else if a == b {
@@ -292,11 +331,12 @@ impl PipelineConfig {
                 } else {
                     continue;
                 };
+                let key = |k: usize| if k < self.tables.len() { format!("tables[{k}].path") } else { "quarantine.path".to_owned() };
                 return Err((
-                    format!("tables[{i}].path"),
+                    key(i),
                     format!(
-                        "table `{}` ({}) has {relation} `tables[{j}].path`, table `{}` ({}); give each table a directory of its own",
-                        ti.name, ti.path, tj.name, tj.path
+                        "table `{}` ({}) has {relation} `{}`, table `{}` ({}); give each table a directory of its own",
+                        ti.name, ti.path, key(j), tj.name, tj.path
                     ),
                 ));
             }
@@ -350,13 +390,19 @@ impl PipelineConfig {
     /// The tables as the committer takes them: each with its effective
     /// object-store options.
     pub fn resolved_tables(&self) -> Vec<TableConfig> {
-        self.tables
+        let mut tables: Vec<TableConfig> = self
+            .tables
             .iter()
             .map(|t| TableConfig {
                 storage_options: self.table_options(t),
                 ..t.clone()
             })
-            .collect()
+            .collect();
+        // The quarantine table commits with the batch like any other.
+        if let Some(q) = self.quarantine.as_ref().filter(|_| self.pipeline.on_poison == OnPoison::Quarantine) {
+            tables.push(q.table_config(self.pipeline.storage_options.merged(&q.storage_options)));
+        }
+        tables
     }
 
     /// The object-store options of table `t`: the pipeline's, with the
@@ -395,6 +441,9 @@ impl PipelineConfig {
         }
         for t in &mut self.tables {
             t.path.resolve(base);
+        }
+        if let Some(q) = &mut self.quarantine {
+            q.path.resolve(base);
         }
     }
 
@@ -450,12 +499,21 @@ impl PipelineConfig {
         for t in tables.as_array_mut().into_iter().flatten() {
             t.as_object_mut().map(|t| t.remove("path"));
         }
-        let decisive = serde_json::json!({
+        let mut decisive = serde_json::json!({
             "pipeline_id": self.pipeline.id,
             "tables": tables,
             "limits": self.limits,
             "source_properties": read,
         });
+        // Setting poison records aside changes what commits; the key is
+        // absent otherwise, so digests of pipelines without it stand.
+        if let Some(q) = self.quarantine.as_ref().filter(|_| self.pipeline.on_poison == OnPoison::Quarantine) {
+            decisive["quarantine"] = serde_json::json!({
+                "table": q.table,
+                "max_records_per_batch": q.max_records_per_batch,
+                "max_extra_runs": q.max_extra_runs,
+            });
+        }
         hex::encode(Sha256::digest(decisive.to_string().as_bytes()))
     }
 }

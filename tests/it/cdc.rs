@@ -82,7 +82,7 @@ fn change_stream(random: &mut Seeded, events: usize) -> (Vec<Change>, BTreeMap<i
         e["updated_at"] = json!(iso_micros(micros));
         e
     };
-    let mut send = |out: &mut Vec<Change>, id: i64, value: Option<Value>, random: &mut Seeded| {
+    let send = |out: &mut Vec<Change>, id: i64, value: Option<Value>, random: &mut Seeded| {
         let key = wrap(json!({"id": id}), random.next() % 4 == 0).to_string();
         out.push(((id % 3) as i32, key, value.map(|v| wrap(v, random.next() % 4 == 0).to_string())));
     };

@@ -69,6 +69,7 @@ fn a_broker_restart_between_batches_is_retried_and_nothing_is_lost() {
             }
             Event::Committed(r) => committed.push(r.batch_id),
             Event::Healed { .. } => panic!("no table lost a batch"),
+            Event::Quarantined { .. } => panic!("nothing is quarantined here"),
             Event::Maintained { .. } => {}
         })
         .unwrap();

@@ -25,6 +25,7 @@ mod no_ambient_authority;
 mod object_servers;
 mod object_storage;
 mod pipeline_run;
+mod quarantine;
 mod secure_broker;
 mod secured_kafka;
 mod seed_incident;

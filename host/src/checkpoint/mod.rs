@@ -224,6 +224,9 @@ pub enum Log {
     Offsets,
     /// `commits/N`: commit records.
     Commits,
+    /// `quarantine/N`: the poison records set aside from batch N, decided
+    /// before its commit (`pipeline::quarantine`).
+    Quarantine,
 }
 
 impl Log {
@@ -231,6 +234,7 @@ impl Log {
         match self {
             Log::Offsets => "offsets",
             Log::Commits => "commits",
+            Log::Quarantine => "quarantine",
         }
     }
 }
@@ -244,7 +248,7 @@ impl Checkpoint {
             let path = path.to_owned();
             move |source| CheckpointError::Io { path, source }
         };
-        for log in [Log::Offsets, Log::Commits] {
+        for log in [Log::Offsets, Log::Commits, Log::Quarantine] {
             let d = dir.join(log.name());
             std::fs::create_dir_all(&d).map_err(io_err(&d))?;
         }
@@ -266,7 +270,7 @@ impl Checkpoint {
             .map_err(io_err(&lock_path))?;
         // Temporary files of a writer that died mid-write: never linked or
         // renamed into place, so never part of the checkpoint.
-        for log in [Log::Offsets, Log::Commits] {
+        for log in [Log::Offsets, Log::Commits, Log::Quarantine] {
             let d = dir.join(log.name());
             for entry in std::fs::read_dir(&d).map_err(io_err(&d))?.flatten() {
                 if entry.file_name().to_string_lossy().starts_with('.') {
@@ -562,6 +566,17 @@ impl Checkpoint {
             })
     }
 
+    /// Durably record which records of a batch are set aside as poison.
+    /// Call before committing the batch. Written once, like a plan.
+    pub fn record_quarantine(&self, decision: &crate::pipeline::quarantine::Decision) -> Result<()> {
+        self.create(Log::Quarantine, decision.batch_id, decision)
+    }
+
+    /// The poison records set aside from batch `n`, if any were.
+    pub fn quarantine(&self, n: u64) -> Result<Option<crate::pipeline::quarantine::Decision>> {
+        self.read(Log::Quarantine, n)
+    }
+
     /// The plan of batch `n`, if recorded.
     pub fn planned(&self, n: u64) -> Result<Option<PlannedBatch>> {
         self.read(Log::Offsets, n)
@@ -626,7 +641,7 @@ impl Checkpoint {
                 };
                 let aside = dir.join(name);
                 std::fs::create_dir_all(&aside).map_err(io_err(&aside))?;
-                for log in [Log::Offsets, Log::Commits] {
+                for log in [Log::Offsets, Log::Commits, Log::Quarantine] {
                     let (from, to) = (dir.join(log.name()), aside.join(log.name()));
                     std::fs::rename(&from, &to).map_err(io_err(&from))?;
                     std::fs::create_dir_all(&from).map_err(io_err(&from))?;
@@ -638,7 +653,7 @@ impl Checkpoint {
             }
             // No rename in object stores: copy each file, then remove it.
             Store::Remote(_) => {
-                for log in [Log::Offsets, Log::Commits] {
+                for log in [Log::Offsets, Log::Commits, Log::Quarantine] {
                     for n in self.batch_ids(log).map_err(|source| CheckpointError::Io {
                         path: self.file(log, 0),
                         source,

@@ -87,6 +87,7 @@ impl RetentionConfig {
         for n in old {
             pruned.commits += u64::from(checkpoint.remove(Log::Commits, n)?);
             pruned.plans += u64::from(checkpoint.remove(Log::Offsets, n)?);
+            checkpoint.remove(Log::Quarantine, n)?;
         }
         let first_attempts = self.first_attempts_kept(last);
         let attempts = checkpoint.attempts_dir().join("attempts");
@@ -106,6 +107,7 @@ impl RetentionConfig {
         if let Some(out) = self.first_kept(committed).checked_sub(1) {
             pruned.commits += u64::from(checkpoint.remove(Log::Commits, out)?);
             pruned.plans += u64::from(checkpoint.remove(Log::Offsets, out)?);
+            checkpoint.remove(Log::Quarantine, out)?;
         }
         // The newest attempt file wholly before the first kept batch.
         if let Some(file) =

@@ -361,6 +361,13 @@ fn report_event(event: &Event, indent: &str) {
                 println!("{indent}maintenance after batch {batch_id}: table {}: {}: {} ({} ms)", m.table, m.step, m.detail, m.ms);
             }
         }
+        Event::Quarantined { batch_id, excluded, runs } => {
+            // Never silent: one line per record set aside.
+            let how = if *runs == 0 { "as decided before".to_owned() } else { format!("found in {runs} extra sink runs") };
+            for e in excluded {
+                println!("{indent}batch {batch_id}: QUARANTINED {}/{}@{} ({how}): {}", e.topic, e.partition, e.offset, e.error);
+            }
+        }
         Event::Retrying { batch_id, attempt, max_attempts, error, backoff } => {
             let what = batch_id.map_or("planning".to_owned(), |b| format!("batch {b}"));
             eprintln!(

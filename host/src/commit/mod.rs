@@ -395,6 +395,8 @@ pub struct LogEntry {
     /// Whether this pipeline made the commit (a batch, maintenance or a
     /// schema change).
     pub by_sluice: bool,
+    /// Records of the batch set aside as poison (not delivered).
+    pub quarantined: Option<u64>,
     /// The change in the table's row count, when Delta reports it.
     pub rows_added: Option<i64>,
 }
@@ -1075,6 +1077,8 @@ impl DeltaCommitter {
             // What this transaction writes (upserts: one row per key), for `sluice reconcile`.
             "rows": write.rows(),
             "deletes": write.deletes(),
+            // Records of the batch set aside as poison (not delivered).
+            "quarantined": output.quarantined,
             "lease_epoch": self.epoch,
         });
         let props = sluice_commit()
@@ -1264,6 +1268,7 @@ fn log_entry(version: u64, bytes: &[u8], app_id: &str) -> LogEntry {
         rows_written: None,
         deletes: None,
         by_sluice: false,
+        quarantined: None,
         rows_added: None,
     };
     for line in bytes.split(|&b| b == b'\n') {
@@ -1284,6 +1289,7 @@ fn log_entry(version: u64, bytes: &[u8], app_id: &str) -> LogEntry {
             e.records = meta["records"].as_u64();
             e.rows = meta["rows"].as_u64();
             e.deletes = meta["deletes"].as_u64();
+            e.quarantined = meta["quarantined"].as_u64();
             e.by_sluice = true;
         }
         let m = &info["operationMetrics"];

@@ -197,7 +197,7 @@ proptest! {
     fn valid_rows_stage_to_their_canonical_encoding(row in json_row()) {
         if let Ok(value) = serde_json::from_str::<Value>(&row) {
             let mut expected = Vec::new();
-            crate::output::json_text::write_canonical(&crate::output::json_text::parse(row.as_bytes()).unwrap(), &mut expected);
+            json_text::write_canonical(&json_text::parse(row.as_bytes()).unwrap(), &mut expected);
             expected.push(b'\n');
             let staged = stage_row(row.as_bytes(), &[]);
             prop_assert_eq!(staged.as_ref(), Some(&expected));

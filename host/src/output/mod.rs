@@ -190,6 +190,9 @@ pub struct BatchOutput {
     pub record_bytes_in: u64,
     /// Fuel the sink consumed.
     pub fuel_used: u64,
+    /// Records of the batch set aside as poison (`pipeline.on_poison =
+    /// "quarantine"`): not delivered, written to the quarantine table.
+    pub quarantined: u64,
     /// Where the host's time went (not part of the output proper).
     pub timings: Timings,
 }

@@ -27,6 +27,7 @@
 
 pub mod agreement;
 pub mod metrics;
+pub mod quarantine;
 
 use crate::now_ms;
 use crate::checkpoint::attempt_log::{self, AttemptRecord, Outcome};
@@ -36,11 +37,11 @@ use crate::checkpoint::retention::RetentionConfig;
 use crate::commit::maintenance::Maintained;
 use crate::commit::{CommitError, DeltaCommitter, Provenance};
 use crate::pipeline::agreement::{AgreementError, Heal};
-use crate::config::{PipelineConfig, Trigger};
+use crate::config::{OnPoison, PipelineConfig, Trigger};
 use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::pipeline::metrics::Metrics;
 use crate::source::read_ahead::ReadAhead;
-use crate::source::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange};
+use crate::source::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange, VecSource};
 use crate::sandbox::{Runtime, RuntimeBuilder, Sink};
 use crate::source::{KafkaSource, KafkaSourceError};
 use std::collections::{BTreeMap, VecDeque};
@@ -108,6 +109,23 @@ pub enum PipelineError {
         /// The last attempt's failure.
         failure: Box<BatchFailure>,
         /// The config file, for the replay command.
+        config: String,
+    },
+    /// Poison records could not be set aside within the bounds, or records
+    /// fail only together: nothing of the batch is committed.
+    #[error(
+        "batch {batch_id}: {why}\n{found}nothing of batch {batch_id} was committed. Fix the sink (or raise \
+         [quarantine] max_records_per_batch / max_extra_runs), then run `sluice run {config}` again: batch \
+         {batch_id} is re-run with the same records"
+    )]
+    Poison {
+        /// The batch.
+        batch_id: u64,
+        /// What stopped the search.
+        why: String,
+        /// The records found so far, one line each.
+        found: String,
+        /// The config file.
         config: String,
     },
     /// A half-committed batch would be finished by a different component,
@@ -203,6 +221,8 @@ pub struct BatchReport {
     pub output_digest: String,
     /// Table → rows the sink staged (empty when the sink was not run).
     pub staged_rows: BTreeMap<String, u64>,
+    /// Records set aside as poison (in the quarantine table).
+    pub quarantined: u64,
 }
 
 /// What the pipeline tells its caller as it goes.
@@ -226,6 +246,16 @@ pub enum Event {
         batch_id: u64,
         /// What ran.
         steps: Vec<Maintained>,
+    },
+    /// A batch failed deterministically and its poison records were set
+    /// aside (`pipeline.on_poison = "quarantine"`): the rest commits.
+    Quarantined {
+        /// The batch.
+        batch_id: u64,
+        /// The records set aside, with the error each gave alone.
+        excluded: Vec<quarantine::Excluded>,
+        /// Extra sink runs the search took (0: a recorded decision applied).
+        runs: u64,
     },
     /// A step failed in a way that may pass; it is tried again after
     /// `backoff` (planning: `batch_id` is `None`).
@@ -751,6 +781,7 @@ impl Pipeline {
             table_versions,
             output_digest,
             staged_rows: BTreeMap::new(),
+            quarantined: 0,
         };
         log_commit(&self.checkpoint, &self.source, planned, &provenance, report).map(Some)
     }
@@ -903,20 +934,45 @@ impl Pipeline {
         let max_attempts = self.config.pipeline.max_attempts;
         let mut backoff = Duration::from_millis(self.config.pipeline.retry_backoff_ms);
         let mut sink_time = Duration::ZERO;
+        // A batch whose poison records were set aside before (a restart
+        // after the decision, before the commit) runs without them.
+        let decided = match self.quarantine() {
+            Some(_) => self.checkpoint.quarantine(spec.batch_id)?.filter(|d| d.component_digest == sink.digest()),
+            None => None,
+        };
+        let mut kept: Option<Vec<crate::OwnedRecord>> = None;
         for attempt in 1..=max_attempts {
             let started = Instant::now();
             let record = AttemptRecord::started(spec.batch_id, attempt, now_ms()).running(sink.digest(), &self.config_digest);
             self.note_attempt(&record);
-            let result = match self.source.fetch(&planned.ranges) {
-                Ok(fetch) => sink.run(&spec, attempt, Box::new(ReadAhead::new(InSink(fetch)))),
-                Err(e) => Err(BatchFailure {
-                    batch_id: spec.batch_id,
-                    attempt,
-                    error: BatchError::Source(SourceError::Failed(e.to_string())),
-                    log: Vec::new(),
-                    kept_scratch: None,
-                }),
+            let source_failure = |e: String| BatchFailure {
+                batch_id: spec.batch_id,
+                attempt,
+                error: BatchError::Source(SourceError::Failed(e)),
+                log: Vec::new(),
+                kept_scratch: None,
             };
+            let result = match (&decided, &kept) {
+                (None, _) => match self.source.fetch(&planned.ranges) {
+                    Ok(fetch) => sink.run(&spec, attempt, Box::new(ReadAhead::new(InSink(fetch)))),
+                    Err(e) => Err(source_failure(e.to_string())),
+                },
+                (Some(d), _) => match self.batch_records(planned) {
+                    Ok(records) => {
+                        let run = sink.run(&spec, attempt, Box::new(VecSource::new(d.kept(&records))));
+                        kept = Some(records);
+                        run
+                    }
+                    Err(e) => Err(source_failure(e)),
+                },
+            };
+            if let (Ok(output), Some(d), Some(records)) = (&result, &decided, &kept) {
+                let mut output = output.clone();
+                d.apply(&self.quarantine().expect("decided").table, records, &mut output);
+                on_event(&Event::Quarantined { batch_id: spec.batch_id, excluded: d.excluded.clone(), runs: 0 });
+                sink_time += started.elapsed();
+                return Ok(Some((output, attempt, sink_time)));
+            }
             sink_time += started.elapsed();
             let duration_ms = Some(started.elapsed().as_millis() as u64);
             let failure = match result {
@@ -930,6 +986,10 @@ impl Pipeline {
             };
             let (outcome, error, kept_scratch) = (Outcome::Failed, Some(failure.error.to_string()), failure.kept_scratch.clone());
             self.note_attempt(&AttemptRecord { outcome, duration_ms, error, kept_scratch, ..record }.with_log(&failure.log));
+            if decided.is_none() && self.quarantine().is_some() && quarantine::deterministic(&failure.error) {
+                let found = self.search_poison(planned, &spec, sink, &failure, on_event)?;
+                return Ok(found.map(|output| (output, attempt, sink_time + started.elapsed())));
+            }
             let retry = failure.error.retryable() && attempt < max_attempts;
             if !retry {
                 return Err(PipelineError::BatchFailed {
@@ -952,6 +1012,109 @@ impl Pipeline {
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
         unreachable!("the last attempt returns")
+    }
+
+    /// The quarantine settings, when poison records are set aside.
+    fn quarantine(&self) -> Option<&quarantine::QuarantineConfig> {
+        self.config.quarantine.as_ref().filter(|_| self.config.pipeline.on_poison == OnPoison::Quarantine)
+    }
+
+    /// Every record of a planned batch, in delivery order.
+    fn batch_records(&self, planned: &PlannedBatch) -> Result<Vec<crate::OwnedRecord>, String> {
+        let fetch = self.source.fetch(&planned.ranges).map_err(|e| e.to_string())?;
+        crate::source::records::read_all(fetch, &planned.ranges).map_err(|e| e.to_string())
+    }
+
+    /// The batch failed deterministically: find its poison records, record
+    /// the decision, and give the output of the batch without them, the
+    /// quarantine table's rows added (see `quarantine`). `None`: stopping.
+    fn search_poison(
+        &self,
+        planned: &PlannedBatch,
+        spec: &BatchSpec,
+        sink: &Sink,
+        failure: &BatchFailure,
+        on_event: &mut impl FnMut(&Event),
+    ) -> Result<Option<crate::BatchOutput>, PipelineError> {
+        let q = self.quarantine().expect("called with quarantine on");
+        let records = self.batch_records(planned).map_err(|e| PipelineError::BatchFailed {
+            batch_id: spec.batch_id,
+            attempts: 1,
+            failure: Box::new(BatchFailure {
+                batch_id: spec.batch_id,
+                attempt: failure.attempt,
+                error: BatchError::Source(SourceError::Failed(e)),
+                log: Vec::new(),
+                kept_scratch: None,
+            }),
+            config: self.config_path.clone(),
+        })?;
+        let mut attempt = 1000;
+        let mut run = |set: &[usize]| {
+            if self.stopping() {
+                return Err(BatchFailure {
+                    batch_id: spec.batch_id,
+                    attempt,
+                    error: BatchError::Internal(quarantine::STOPPED.into()),
+                    log: Vec::new(),
+                    kept_scratch: None,
+                });
+            }
+            attempt += 1;
+            let subset: Vec<crate::OwnedRecord> = set.iter().map(|&i| records[i].clone()).collect();
+            sink.run(spec, attempt, Box::new(VecSource::new(subset)))
+        };
+        let found = quarantine::search(records.len(), failure.error.to_string(), q.max_records_per_batch, q.max_extra_runs, &mut run);
+        let describe = |found: &[(usize, String)]| -> String {
+            found
+                .iter()
+                .map(|(i, e)| format!("  poison: {}/{}@{}: {e}\n", records[*i].topic, records[*i].partition, records[*i].offset))
+                .collect()
+        };
+        let stop = |why: String, found: &[(usize, String)]| PipelineError::Poison {
+            batch_id: spec.batch_id,
+            why,
+            found: describe(found),
+            config: self.config_path.clone(),
+        };
+        let found = match found {
+            Ok(found) => found,
+            Err(quarantine::Stop::Stopped) => return Ok(None),
+            Err(quarantine::Stop::TooMany { found, max }) => {
+                return Err(stop(format!("more than {max} poison records (quarantine.max_records_per_batch)"), &found));
+            }
+            Err(quarantine::Stop::TooManyRuns { found, max }) => {
+                return Err(stop(format!("the search for poison records needed more than {max} sink runs (quarantine.max_extra_runs)"), &found));
+            }
+            Err(quarantine::Stop::Together { records: n, error, found }) => {
+                return Err(stop(
+                    format!("{n} records fail together ({error}), but no record fails alone: they are not poison records, and the batch is not split"),
+                    &found,
+                ));
+            }
+            Err(quarantine::Stop::NotDeterministic(f)) => {
+                return Err(PipelineError::BatchFailed { batch_id: spec.batch_id, attempts: 1, failure: f, config: self.config_path.clone() });
+            }
+        };
+        let decision = quarantine::Decision {
+            batch_id: spec.batch_id,
+            component_digest: sink.digest().to_owned(),
+            excluded: found
+                .poison
+                .iter()
+                .map(|(i, error)| {
+                    let r = &records[*i];
+                    quarantine::Excluded { topic: r.topic.clone(), partition: r.partition, offset: r.offset, error: error.clone() }
+                })
+                .collect(),
+            runs: found.runs,
+        };
+        self.checkpoint.record_quarantine(&decision)?;
+        crate::failpoint::hit("after-quarantine-decision");
+        let mut output = found.output;
+        decision.apply(&q.table, &records, &mut output);
+        on_event(&Event::Quarantined { batch_id: spec.batch_id, excluded: decision.excluded, runs: decision.runs });
+        Ok(Some(output))
     }
 
     /// Record an attempt for `sluice batch show`. Diagnostics only: a
@@ -979,6 +1142,7 @@ impl Pipeline {
         if !report.already_committed {
             let m = &mut self.metrics;
             m.batch_committed(report.batch_id, report.records, report.bytes, report.sink, report.commit, report.total);
+            m.quarantined_records += report.quarantined;
         }
         self.metrics.last_batch_id = Some(report.batch_id);
         self.metrics.table_versions = report.table_versions.clone();
@@ -1056,6 +1220,7 @@ fn commit_batch(
         total: started.elapsed(),
         table_versions: versions,
         staged_rows: output.tables().into_iter().map(|t| (t.table, t.appended_rows + t.upserted_rows + t.deleted_rows)).collect(),
+        quarantined: output.quarantined,
         output_digest: output.digest,
     };
     let mut done = log_commit(checkpoint, source, &planned, &provenance, report)?;

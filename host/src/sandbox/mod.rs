@@ -247,6 +247,7 @@ impl Sink {
                         records_in,
                         record_bytes_in,
                         fuel_used,
+                        quarantined: 0,
                         timings,
                     }
                 })

@@ -22,6 +22,8 @@ pub struct BatchInfo {
     pub attempts: Vec<AttemptRecord>,
     /// Attempt records that could not be read.
     pub unreadable_attempts: Vec<String>,
+    /// The poison records set aside from it (`quarantine/N`), if any.
+    pub quarantine: Option<crate::pipeline::quarantine::Decision>,
 }
 
 /// Gather what the checkpoint holds about batch `n`; `None` if never planned.
@@ -40,6 +42,7 @@ pub fn show(config: &PipelineConfig, n: u64) -> Result<Option<BatchInfo>, Checkp
         planned,
         attempts: attempts.into_iter().flatten().collect(),
         unreadable_attempts: unreadable_attempts.into_iter().filter_map(Result::err).collect(),
+        quarantine: checkpoint.quarantine(n)?,
     }))
 }
 
@@ -66,6 +69,18 @@ impl fmt::Display for BatchInfo {
             for (table, version) in &c.table_versions {
                 let rows = c.staged_rows.get(table).map_or(String::new(), |r| format!(", {r} rows staged"));
                 writeln!(f, "  table        {table} at Delta version {version}{rows}")?;
+            }
+        }
+        if let Some(d) = &self.quarantine {
+            writeln!(
+                f,
+                "  quarantined  {} poison record(s), found in {} extra sink runs by component {}:",
+                d.excluded.len(),
+                d.runs,
+                &d.component_digest[..d.component_digest.len().min(16)]
+            )?;
+            for e in &d.excluded {
+                writeln!(f, "    {}/{}@{}: {}", e.topic, e.partition, e.offset, e.error)?;
             }
         }
         if self.attempts.is_empty() {

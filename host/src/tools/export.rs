@@ -32,7 +32,17 @@ pub fn export(
         planned_timestamp_ms: planned.planned_timestamp_ms,
         ranges: planned.ranges,
     };
-    let records = fetch_records(config, &spec, committed.as_ref())?;
+    // A bundle does not carry a quarantine decision: replayed from it, the
+    // batch would get its poison records back and differ. Refused, not
+    // exported wrong.
+    if let Some(d) = checkpoint.quarantine(n)? {
+        return Err(ReplayError::Usage(format!(
+            "batch {n} had {} poison record(s) set aside (quarantine/{n}), which bundles do not carry yet; replay it \
+             from the checkpoint instead (`sluice replay CONFIG --batch {n}`)",
+            d.excluded.len()
+        )));
+    }
+    let records = fetch_records(config, &spec, committed.as_ref(), 0)?;
     let bundle = Bundle::new(
         spec,
         ran,

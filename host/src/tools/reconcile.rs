@@ -95,6 +95,8 @@ pub struct BatchReport {
     pub source_records: Option<u64>,
     /// Records the sink was given.
     pub delivered_records: Option<u64>,
+    /// Records set aside as poison (in the quarantine table, not given).
+    pub quarantined_records: u64,
     /// Table → rows, by each witness.
     pub rows: BTreeMap<String, RowCounts>,
 }
@@ -396,8 +398,18 @@ fn check_batches(
             .filter_map(|(t, log)| log.entries.iter().rev().find(|e| e.batch_id == Some(n)).map(|e| (t, e)))
             .collect();
         let delivered = entries.values().find_map(|e| e.records);
+        let quarantined = entries.values().find_map(|e| e.quarantined).unwrap_or(0);
         let recorded_digest = checkpoint.committed(n)?.map(|c| c.output_digest);
-        let mut batch = BatchReport { batch_id: n, source_records: None, delivered_records: delivered, rows: BTreeMap::new() };
+        let decided = checkpoint.quarantine(n)?.map_or(0, |d| d.excluded.len() as u64);
+        if decided != quarantined && delivered.is_some() {
+            r.findings.push(Finding {
+                kind: FindingKind::Mismatch,
+                batch_id: Some(n),
+                table: None,
+                message: format!("batch {n}: the checkpoint set {decided} poison record(s) aside, the tables record {quarantined}"),
+            });
+        }
+        let mut batch = BatchReport { batch_id: n, source_records: None, delivered_records: delivered, quarantined_records: quarantined, rows: BTreeMap::new() };
         for (table, e) in &entries {
             batch.rows.insert((*table).clone(), RowCounts { staged: e.rows, delta: e.rows_written });
             if let (Some(asked), Some(written)) = (e.rows, e.rows_written)
@@ -426,13 +438,15 @@ fn check_batches(
             match count_records(s, plan) {
                 Ok(count) => {
                     batch.source_records = Some(count);
-                    if let Some(d) = delivered.filter(|&d| d != count) {
-                        let kind = if d < count { FindingKind::Gap } else { FindingKind::Duplicate };
+                    // The books balance: source = delivered + quarantined.
+                    if let Some(d) = delivered.filter(|&d| d + quarantined != count) {
+                        let kind = if d + quarantined < count { FindingKind::Gap } else { FindingKind::Duplicate };
+                        let aside = if quarantined > 0 { format!(" and {quarantined} set aside as poison") } else { String::new() };
                         r.findings.push(Finding {
                             kind,
                             batch_id: Some(n),
                             table: None,
-                            message: format!("batch {n}: Kafka holds {count} records in its ranges, the sink was given {d}"),
+                            message: format!("batch {n}: Kafka holds {count} records in its ranges, the sink was given {d}{aside}"),
                         });
                     }
                 }
@@ -501,6 +515,7 @@ mod tests {
             rows_written: None,
             deletes: None,
             by_sluice: txn.is_some(),
+            quarantined: None,
             rows_added: None,
         }
     }

@@ -20,6 +20,7 @@ use crate::config::PipelineConfig;
 use crate::error::LoadError;
 use crate::limits::Limits;
 use crate::output::{BatchOutput, TableSummary};
+use crate::pipeline::quarantine::Decision;
 use crate::source::records::{BatchSpec, OwnedRecord, SourceError, VecSource, read_all};
 use crate::tools::row_diff::{self, TableDiff};
 use crate::sandbox::{Runtime, RuntimeBuilder, Sink};
@@ -171,6 +172,8 @@ struct Recorded {
     /// The configured component, the fallback when none is given.
     configured: Option<Component>,
     notes: Vec<String>,
+    /// The poison records set aside when the batch ran (`quarantine/N`).
+    decision: Option<Decision>,
 }
 
 /// Replay one batch. `config` is needed unless `options.bundle` is given.
@@ -197,7 +200,7 @@ pub fn replay(config: Option<&PipelineConfig>, options: &ReplayOptions) -> Resul
 }
 
 fn run_and_compare(runtime: &Runtime, recorded: Recorded, options: &ReplayOptions) -> Result<ReplayReport, ReplayError> {
-    let Recorded { spec, planned_component_digest, committed, tables, records, mut notes, .. } = recorded;
+    let Recorded { spec, planned_component_digest, committed, tables, records, mut notes, decision, .. } = recorded;
     let given;
     let candidate = match (&options.component, &recorded.planned, &recorded.configured) {
         (Some(path), _, _) => {
@@ -215,9 +218,31 @@ fn run_and_compare(runtime: &Runtime, recorded: Recorded, options: &ReplayOption
         }
     };
     let sink = candidate.load(runtime)?;
+    // Poison records set aside when the batch ran stay aside for the
+    // component that set them aside (so its replay reproduces the commit);
+    // any other component gets every record, so the diff shows what it
+    // makes of them.
+    let kept: Option<std::sync::Arc<[OwnedRecord]>> = decision.as_ref().map(|d| d.kept(&records).into());
+    if let Some(d) = &decision {
+        notes.push(if d.component_digest == sink.digest() {
+            format!("{} poison record(s) were set aside when the batch ran (quarantine/{}); replayed without them, as then", d.excluded.len(), spec.batch_id)
+        } else {
+            format!(
+                "{} poison record(s) were set aside when the batch ran, by component {}; this component gets them all",
+                d.excluded.len(),
+                short(&d.component_digest)
+            )
+        });
+    }
     // Shared, not copied, by every run of the batch.
     let records: std::sync::Arc<[OwnedRecord]> = records.into();
-    let run = |sink: &Sink| sink.run(&spec, 1, Box::new(VecSource::new(records.clone())));
+    let run = |sink: &Sink| {
+        let given = match (&decision, &kept) {
+            (Some(d), Some(kept)) if d.component_digest == sink.digest() => kept.clone(),
+            _ => records.clone(),
+        };
+        sink.run(&spec, 1, Box::new(VecSource::new(given)))
+    };
     let committed_digest = committed.as_ref().map(|c| c.output_digest.clone());
     let mut report = ReplayReport {
         batch_id: spec.batch_id,
@@ -316,8 +341,11 @@ fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayEr
         planned_timestamp_ms: planned.planned_timestamp_ms,
         ranges: planned.ranges.clone(),
     };
-    let records = fetch_records(config, &spec, committed.as_ref())?;
+    let decision = checkpoint.quarantine(n)?;
+    let set_aside = decision.as_ref().map_or(0, |d| d.excluded.len() as u64);
+    let records = fetch_records(config, &spec, committed.as_ref(), set_aside)?;
     Ok(Recorded {
+        decision,
         spec,
         planned_component_digest: ran,
         committed,
@@ -335,16 +363,17 @@ fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayEr
 /// The batch's records, re-read from Kafka. A count that disagrees with the
 /// commit record means the source changed (compaction, deletion) and the
 /// replay would not be of the same batch.
-pub fn fetch_records(config: &PipelineConfig, spec: &BatchSpec, committed: Option<&CommittedBatch>) -> Result<Vec<OwnedRecord>, ReplayError> {
+pub fn fetch_records(config: &PipelineConfig, spec: &BatchSpec, committed: Option<&CommittedBatch>, set_aside: u64) -> Result<Vec<OwnedRecord>, ReplayError> {
     let source_err = |detail: String| ReplayError::Source { batch_id: spec.batch_id, detail };
     let source = KafkaSource::connect(config.source_for(Some("replay"))).map_err(|e: KafkaSourceError| source_err(e.to_string()))?;
     let fetch = source.fetch(&spec.ranges).map_err(|e| source_err(e.to_string()))?;
     let records = read_all(fetch, &spec.ranges).map_err(|e: SourceError| source_err(e.to_string()))?;
-    if let Some(c) = committed.filter(|c| c.records > 0 && c.records != records.len() as u64) {
+    if let Some(c) = committed.filter(|c| c.records > 0 && c.records + set_aside != records.len() as u64) {
         return Err(source_err(format!(
-            "Kafka now has {} records in the batch's ranges, but {} were delivered when it ran (compacted or deleted since)",
+            "Kafka now has {} records in the batch's ranges, but {} were delivered when it ran{} (compacted or deleted since)",
             records.len(),
-            c.records
+            c.records,
+            if set_aside > 0 { format!(" and {set_aside} set aside as poison") } else { String::new() }
         )));
     }
     Ok(records)
@@ -383,6 +412,7 @@ fn from_bundle(path: &Path, config: Option<&PipelineConfig>, batch: Option<u64>)
         limits: m.limits,
         records: bundle.records,
         records_from: path.display().to_string(),
+        decision: None,
         planned,
         configured,
         notes: Vec::new(),

@@ -36,6 +36,11 @@ pub struct Status {
     pub partitions: Vec<PartitionStatus>,
     /// Per table: version and last batch, or why it could not be read.
     pub tables: Vec<TableStatus>,
+    /// Poison records set aside, per batch still in the checkpoint
+    /// (`pipeline.on_poison = "quarantine"`): batch id → records.
+    pub quarantined: Vec<(u64, u64)>,
+    /// The quarantine table, when poison records are set aside.
+    pub quarantine_table: Option<String>,
     /// Problems reading any of the above.
     pub errors: Vec<String>,
 }
@@ -74,8 +79,17 @@ impl Status {
         let mut errors = Vec::new();
         let place = config.checkpoint_place();
         let (mut last_committed, mut pending, mut ends) = (None, Vec::new(), Default::default());
+        let mut quarantined = Vec::new();
         match Checkpoint::open_read_only_at(&place).and_then(|cp| {
             let resume = cp.resume()?;
+            // An older checkpoint has no quarantine log: nothing set aside.
+            let mut ids = cp.batch_ids(crate::checkpoint::Log::Quarantine).unwrap_or_default();
+            ids.sort_unstable();
+            for n in ids {
+                if let Some(d) = cp.quarantine(n)? {
+                    quarantined.push((n, d.excluded.len() as u64));
+                }
+            }
             let ends = match &resume.last_committed {
                 Some(c) => cp.planned(c.batch_id)?.map(|p| range_ends(&p.ranges)).unwrap_or_default(),
                 None => Default::default(),
@@ -124,7 +138,8 @@ impl Status {
         match DeltaCommitter::new(&config.pipeline.id, config.resolved_tables()) {
             Ok(committer) => {
                 let mut states = committer.describe();
-                for t in &config.tables {
+                // The quarantine table too, when there is one.
+                for t in &config.resolved_tables() {
                     let state = states.remove(&t.name).and_then(|s| {
                         s.unwrap_or_else(|e| {
                             errors.push(e.to_string());
@@ -152,6 +167,8 @@ impl Status {
             pending,
             partitions,
             tables,
+            quarantined,
+            quarantine_table: config.quarantine.as_ref().filter(|_| config.pipeline.on_poison == crate::config::OnPoison::Quarantine).map(|q| q.table.clone()),
             errors,
         }
     }
@@ -193,6 +210,18 @@ impl fmt::Display for Status {
         if !self.pending.is_empty() {
             let ids: Vec<String> = self.pending.iter().map(|p| p.batch_id.to_string()).collect();
             writeln!(f, "  pending batches: {} (planned, not committed; the next run re-runs them as planned)", ids.join(", "))?;
+        }
+        if let Some(table) = &self.quarantine_table {
+            let records: u64 = self.quarantined.iter().map(|q| q.1).sum();
+            let batches: Vec<String> = self.quarantined.iter().map(|q| q.0.to_string()).collect();
+            match records {
+                0 => writeln!(f, "  quarantine: no poison records set aside (table `{table}`)")?,
+                n => writeln!(
+                    f,
+                    "  quarantine: {n} poison record(s) set aside into table `{table}`, from batch(es) {} (`sluice batch show` lists them)",
+                    batches.join(", ")
+                )?,
+            }
         }
         writeln!(f, "  partitions:")?;
         let show = |v: Option<i64>| v.map_or("?".to_owned(), |v| v.to_string());

@@ -21,6 +21,8 @@ pub struct Metrics {
     pub batches_skipped: u64,
     /// Failed sink attempts, retried or not.
     pub sink_failures: u64,
+    /// Records set aside as poison (`pipeline.on_poison = "quarantine"`).
+    pub quarantined_records: u64,
     /// Records delivered to the sink in committed batches.
     pub records: u64,
     /// Record bytes delivered to the sink in committed batches.
@@ -124,6 +126,7 @@ impl Metrics {
             one(self.batches_skipped.to_string()),
         );
         metric("sink_failures_total", "counter", "Failed sink attempts.", one(self.sink_failures.to_string()));
+        metric("quarantined_records_total", "counter", "Records set aside as poison into the quarantine table.", one(self.quarantined_records.to_string()));
         metric("records_total", "counter", "Records delivered to the sink in committed batches.", one(self.records.to_string()));
         metric("record_bytes_total", "counter", "Record bytes delivered in committed batches.", one(self.record_bytes.to_string()));
         metric("sink_seconds_total", "counter", "Time spent running the sink.", one(self.sink_seconds.to_string()));
