@@ -18,7 +18,13 @@
 //!   digest) and the planned timestamp, so the checkpoint can be rebuilt
 //!   from the tables alone (`sluice checkpoint rebuild`).
 //! - Rows that do not fit the table's schema fail the commit before anything
-//!   is written, naming the table and the column.
+//!   is written, naming the table, the row, the column and the value
+//!   (`column_type` has the types and the checks Arrow's readers leave out).
+//! - Upserts and deletes of a table apply in staging order, the last for a
+//!   key winning, as one MERGE (`merge_rows`, `last_per_key`).
+//! - Columns added to a table's config are added to the Delta table by a
+//!   commit of their own just before the batch's; any other schema change
+//!   is refused (`evolution`).
 //! - Two writers racing on batch N: Delta's conflict check on the app
 //!   transaction lets one commit win; the loser sees the version and stops.
 //! - Open tables are kept between batches and brought up to date before
