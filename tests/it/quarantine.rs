@@ -221,3 +221,59 @@ fn kill_minus_9_in_the_middle_of_a_search_or_after_the_decision_loses_and_repeat
     let (code, stdout, stderr) = sluice_output(&["reconcile", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
 }
+
+#[test]
+fn release_with_a_fixed_sink_lands_the_records_once_and_a_second_release_does_nothing() {
+    let broker = Broker::start();
+    broker.create_topic("released", 1);
+    let (values, good, poison) = stream();
+    produce(&broker.bootstrap, "released", 1, &values);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(dir.path(), &broker.bootstrap, "released", "poison", "max_records_per_batch = 60");
+    let (code, _, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let table = dir.path().join("tables/events");
+    let fixed = guest("poison-fixed");
+    let release = |batch: &str| sluice_output(&["quarantine", "release", config.to_str().unwrap(), "--batch", batch, "--component", fixed.to_str().unwrap()]);
+
+    // Batch 2's two records through the fixed sink: batch 6, once.
+    let (code, stdout, stderr) = release("2");
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("released 2 record(s) of batch 2 in batch 6"), "{stdout}");
+    let after = read_delta(&table, "poisoned");
+    let mut expected = good.clone();
+    expected.extend(["trap:110".to_owned(), "invalid:111".to_owned()]);
+    assert_ids_exactly_once("events", &after, &expected);
+    assert_eq!(after.txn, Some(6));
+    let marked: BTreeMap<i64, Value> = quarantined_rows(dir.path()).iter().map(|r| (r["offset"].as_i64().unwrap(), r["released_in_batch"].clone())).collect();
+    assert_eq!(marked.len(), poison.len(), "no quarantine row added or lost");
+    for (o, released) in &marked {
+        let want = if [110, 111].contains(o) { Value::from(6) } else { Value::Null };
+        assert_eq!(*released, want, "offset {o}");
+    }
+
+    // A second release: nothing moves.
+    let versions = (after.version, read_delta(&dir.path().join("tables/quarantine"), "poisoned").version);
+    let (code, stdout, stderr) = release("2");
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("were released in batch 6 before: nothing to do"), "{stdout}");
+    assert_eq!((read_delta(&table, "poisoned").version, read_delta(&dir.path().join("tables/quarantine"), "poisoned").version), versions);
+    let (code, _, stderr) = release("1");
+    assert_ne!(code, 0);
+    assert!(stderr.contains("batch 1 set no records aside"), "{stderr}");
+
+    // The stream goes on where it stood, not after the released offsets.
+    let more: Vec<String> = (300..320).map(|o| format!("id-{o:04}")).collect();
+    produce(&broker.bootstrap, "released", 1, &more);
+    let (code, _, stderr) = sluice_output(&["run", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    expected.extend(more);
+    assert_ids_exactly_once("events", &read_delta(&table, "poisoned"), &expected);
+
+    // The release batch replays IDENTICAL, and the books balance.
+    let (code, stdout, stderr) = sluice_output(&["replay", config.to_str().unwrap(), "--batch", "6"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("batch 6: IDENTICAL"), "{stdout}");
+    let (code, stdout, stderr) = sluice_output(&["reconcile", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+}

@@ -19,6 +19,7 @@ fn planned() -> PlannedBatch {
         ],
         component_digest: "c".repeat(64),
         config_digest: "f".repeat(64),
+        release: None,
     }
 }
 

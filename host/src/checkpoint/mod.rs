@@ -149,6 +149,32 @@ pub struct PlannedBatch {
     pub component_digest: String,
     /// SHA-256 of the pipeline config the batch was planned with.
     pub config_digest: String,
+    /// Set when the batch re-processes records an earlier batch set aside
+    /// as poison (`sluice quarantine release`): its ranges are those
+    /// records' offsets, read again, so the stream does not continue after
+    /// them but where `resume_at` says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<Release>,
+}
+
+/// What a release batch re-processes, and where the stream stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    /// The batch whose poison records these are.
+    pub of_batch: u64,
+    /// Each partition's end before the release: the next plan starts here.
+    pub resume_at: Vec<(String, i32, i64)>,
+}
+
+impl PlannedBatch {
+    /// Where each partition stands once this batch is done: the end of its
+    /// ranges, or for a release batch, where the stream stood before it.
+    pub fn ends(&self) -> BTreeMap<(String, i32), i64> {
+        match &self.release {
+            Some(r) => r.resume_at.iter().map(|(t, p, e)| ((t.clone(), *p), *e)).collect(),
+            None => self.ranges.iter().map(|r| ((r.topic.clone(), r.partition), r.end)).collect(),
+        }
+    }
 }
 
 /// A committed batch: `commits/N`.
@@ -805,6 +831,7 @@ mod tests {
             ranges: vec![SourceRange { topic: "orders".into(), partition: 0, start: n as i64 * 10, end: n as i64 * 10 + 10 }],
             component_digest: "c".repeat(64),
             config_digest: "f".repeat(64),
+            release: None,
         }
     }
 

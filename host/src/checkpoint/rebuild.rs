@@ -177,6 +177,8 @@ pub fn rebuild(config: &PipelineConfig) -> Result<RebuildReport, RebuildError> {
             ranges,
             component_digest: c.component_digest.clone().unwrap_or_default(),
             config_digest: c.config_digest.clone().unwrap_or_default(),
+            // A release batch says so in its commit (its ranges are old offsets).
+            release: c.release.clone(),
         };
         checkpoint.record_planned(&planned)?;
         if last_committed.is_some_and(|l| n <= l) {

@@ -192,6 +192,7 @@ mod tests {
             ranges: vec![SourceRange { topic: "t".into(), partition: 0, start: n as i64, end: n as i64 + 1 }],
             component_digest: component.repeat(64),
             config_digest: "f".repeat(64),
+            release: None,
         }
     }
 

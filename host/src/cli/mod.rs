@@ -41,6 +41,9 @@ enum Command {
     Checkpoint(CheckpointCommand),
     /// Maintain the tables now: log checkpoint and cleanup, compaction, VACUUM.
     Maintain(ConfigArgs),
+    /// Poison records set aside by `pipeline.on_poison = "quarantine"`.
+    #[command(subcommand)]
+    Quarantine(QuarantineCommand),
     /// Run the example upsert sink on an embedded Kafka into a local Delta table.
     Demo(DemoArgs),
     /// Run one batch of a sink over records from a JSONL file, without Kafka.
@@ -119,6 +122,27 @@ struct BatchExportArgs {
     /// Leave the component out (replaying then needs --component).
     #[arg(long)]
     without_component: bool,
+}
+
+#[derive(Subcommand)]
+enum QuarantineCommand {
+    /// Re-process the records a batch set aside, once the sink is fixed:
+    /// through a new batch, exactly once; they are marked released in the
+    /// quarantine table. A second release of the batch does nothing.
+    Release(QuarantineReleaseArgs),
+}
+
+#[derive(clap::Args)]
+struct QuarantineReleaseArgs {
+    /// The pipeline config.
+    config: PathBuf,
+    /// The batch whose records to release.
+    #[arg(long)]
+    batch: u64,
+    /// The (fixed) sink component to release them with; the pipeline's
+    /// `component` by default.
+    #[arg(long)]
+    component: Option<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -227,6 +251,7 @@ pub fn main() -> ExitCode {
         Command::Batch(BatchCommand::Export(args)) => batch_export(args),
         Command::Reconcile(args) => reconcile(args),
         Command::Checkpoint(CheckpointCommand::Rebuild(args)) => checkpoint_rebuild(args),
+        Command::Quarantine(QuarantineCommand::Release(args)) => quarantine_release(args),
         Command::Maintain(args) => maintain(args),
         Command::Demo(args) => demo(args),
         Command::Exec(args) => exec(args),
@@ -471,6 +496,29 @@ fn maintain(args: ConfigArgs) -> Result<ExitCode> {
     let report = sluice::tools::maintain::maintain(&config)?;
     print_report(&report, args.json)?;
     Ok(if report.failed.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+fn quarantine_release(args: QuarantineReleaseArgs) -> Result<ExitCode> {
+    let mut config = PipelineConfig::load(&args.config)?;
+    if let Some(component) = &args.component {
+        config.pipeline.component = component.clone();
+    }
+    let mut pipeline = match Pipeline::open(config, args.config.display().to_string()) {
+        Ok(p) => p,
+        Err(e) => return Ok(failed(&e)),
+    };
+    stop_on_signals(pipeline.stop_flag())?;
+    match pipeline.release(args.batch, |e| report_event(e, "")) {
+        Ok(sluice::pipeline::Released::Done { in_batch, records }) => {
+            println!("released {records} record(s) of batch {} in batch {in_batch}", args.batch);
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(sluice::pipeline::Released::Already { in_batch, records }) => {
+            println!("the {records} record(s) of batch {} were released in batch {in_batch} before: nothing to do", args.batch);
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(e) => Ok(failed(&e)),
+    }
 }
 
 fn checkpoint_rebuild(args: ConfigArgs) -> Result<ExitCode> {

@@ -274,6 +274,8 @@ pub struct Provenance {
     pub component_digest: String,
     /// The pipeline config digest it ran under.
     pub config_digest: String,
+    /// Set for a batch releasing an earlier batch's poison records.
+    pub release: Option<crate::checkpoint::Release>,
 }
 
 /// A table's standing for the agreement checks: its version, the last batch
@@ -327,6 +329,8 @@ pub struct BatchCommit {
     pub records: Option<u64>,
     /// Rows the commit wrote to this table.
     pub rows: Option<u64>,
+    /// Set for a batch releasing an earlier batch's poison records.
+    pub release: Option<crate::checkpoint::Release>,
 }
 
 impl BatchCommit {
@@ -347,6 +351,7 @@ impl BatchCommit {
             config_digest: text("config_digest"),
             records: meta["records"].as_u64(),
             rows: meta["rows"].as_u64(),
+            release: serde_json::from_value(meta["release"].clone()).ok(),
         })
     }
 
@@ -1086,6 +1091,8 @@ impl DeltaCommitter {
             // Records of the batch set aside as poison (not delivered).
             "quarantined": output.quarantined,
             "lease_epoch": self.epoch,
+            // A release batch: its ranges are old offsets read again.
+            "release": provenance.release,
         });
         let props = sluice_commit()
             .with_application_transaction(Transaction::new(&self.app_id, batch_id))

@@ -213,6 +213,7 @@ mod tests {
             ranges: ranges(n),
             component_digest: "c".repeat(64),
             config_digest: "f".repeat(64),
+            release: None,
         }
     }
 
@@ -240,6 +241,7 @@ mod tests {
             config_digest: None,
             records: None,
             rows: None,
+            release: None,
         });
         Holding { version: n.map_or(0, |n| n as u64 + 1), txn: n, commit }
     }

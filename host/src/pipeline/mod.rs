@@ -41,7 +41,7 @@ use crate::config::{OnPoison, PipelineConfig, Trigger};
 use crate::error::{BatchError, BatchFailure, LoadError};
 use crate::pipeline::metrics::Metrics;
 use crate::source::read_ahead::ReadAhead;
-use crate::source::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, SourceRange, VecSource};
+use crate::source::records::{BatchSpec, ChunkBuilder, Fill, RecordSource, SourceError, VecSource};
 use crate::sandbox::{Runtime, RuntimeBuilder, Sink};
 use crate::source::{KafkaSource, KafkaSourceError};
 use std::collections::{BTreeMap, VecDeque};
@@ -128,6 +128,9 @@ pub enum PipelineError {
         /// The config file.
         config: String,
     },
+    /// `sluice quarantine release` cannot run.
+    #[error("{0}")]
+    Release(String),
     /// A half-committed batch would be finished by a different component,
     /// whose output may differ from what the committed tables hold.
     #[error(
@@ -273,6 +276,25 @@ pub enum Event {
     },
 }
 
+/// What [`Pipeline::release`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Released {
+    /// The records went through this batch, committed.
+    Done {
+        /// The release batch.
+        in_batch: u64,
+        /// Records released.
+        records: u64,
+    },
+    /// They were released before, by this batch: nothing was done.
+    Already {
+        /// The batch that released them.
+        in_batch: u64,
+        /// Records.
+        records: u64,
+    },
+}
+
 /// Why [`Pipeline::run`] returned normally.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
@@ -321,6 +343,8 @@ pub struct Pipeline {
     planned_ends: BTreeMap<(String, i32), i64>,
     /// Batches an earlier run planned and did not commit, oldest first.
     pending: VecDeque<PlannedBatch>,
+    /// Run only the batches already planned, then stop (a release).
+    only_pending: bool,
     /// Average bytes per record of the last batch, for `max_bytes_per_batch`.
     record_size: Option<u64>,
 }
@@ -401,13 +425,13 @@ impl Pipeline {
                                 c.batch_id
                             ),
                         })?;
-                range_ends(&planned.ranges)
+                planned.ends()
             }
             None => BTreeMap::new(),
         };
         let mut planned_ends = ends.clone();
         for p in &resume.pending {
-            planned_ends.extend(range_ends(&p.ranges));
+            planned_ends.extend(p.ends());
         }
         let next = resume.last_committed.as_ref().map_or(0, |c| c.batch_id + 1);
         let next_id = resume.pending.last().map_or(next, |p| p.batch_id + 1);
@@ -477,8 +501,58 @@ impl Pipeline {
             next_id,
             planned_ends,
             pending: resume.pending.into(),
+            only_pending: false,
             record_size: None,
         })
+    }
+
+    /// `sluice quarantine release`: re-process the records batch `of` set
+    /// aside as poison, through a new batch whose plan names their offsets
+    /// (the stream's position stays where it is), with this pipeline's
+    /// sink, and mark them released in the quarantine table, in that
+    /// batch's transactions. Exactly once: records already marked are not
+    /// released again (`Released::Already`); a release cut off by a crash
+    /// is finished by the next release (or run).
+    pub fn release(&mut self, of: u64, on_event: impl FnMut(&Event)) -> Result<Released, PipelineError> {
+        let q = self.quarantine().cloned().ok_or_else(|| {
+            PipelineError::Release("the pipeline does not set poison records aside: pipeline.on_poison is not \"quarantine\"".into())
+        })?;
+        let decision = self.checkpoint.quarantine(of)?.ok_or_else(|| {
+            PipelineError::Release(format!("batch {of} set no records aside (the checkpoint has no quarantine/{of})"))
+        })?;
+        // The quarantine table is the truth about what was released.
+        let sql = format!("SELECT COUNT(released_in_batch) AS n, MAX(released_in_batch) AS m FROM t WHERE batch_id = {of}");
+        let marked = self.committer.query(&q.table, &sql).map_err(|source| PipelineError::Commit { batch_id: of, source })?;
+        let row = marked.first().cloned().unwrap_or_default();
+        if row["n"].as_u64().unwrap_or(0) >= decision.excluded.len() as u64 {
+            return Ok(Released::Already { in_batch: row["m"].as_u64().unwrap_or_default(), records: decision.excluded.len() as u64 });
+        }
+        let batch_id = match self.pending.iter().find(|p| p.release.as_ref().is_some_and(|r| r.of_batch == of)) {
+            // Planned before a crash: finish it.
+            Some(p) => p.batch_id,
+            None => {
+                if let Some(p) = self.pending.front() {
+                    return Err(PipelineError::Release(format!(
+                        "batch {} is planned and not committed; run `sluice run {}` to finish it first",
+                        p.batch_id, self.config_path
+                    )));
+                }
+                let plan = decision.release_plan(self.next_id, &self.planned_ends, self.sink.digest(), &self.config_digest);
+                self.checkpoint.record_planned(&plan)?;
+                self.next_id += 1;
+                let id = plan.batch_id;
+                self.pending.push_back(plan);
+                id
+            }
+        };
+        self.only_pending = true;
+        let summary = self.run(on_event)?;
+        if summary.last_committed.is_none_or(|c| c < batch_id) {
+            return Err(PipelineError::Release(format!(
+                "stopped before release batch {batch_id} committed; run the release again to finish it"
+            )));
+        }
+        Ok(Released::Done { in_batch: batch_id, records: decision.excluded.len() as u64 })
     }
 
     /// Set this flag to stop after the current batch.
@@ -645,13 +719,18 @@ impl Pipeline {
                 }
                 (planned, started.elapsed())
             }
+            None if self.only_pending => return Ok(Next::CaughtUp),
             None => match self.plan(until, last_start, on_event)? {
                 Ok(planned) => (planned, Duration::ZERO),
                 Err(next) => return Ok(next),
             },
         };
         let Some((output, attempts, sink)) = self.run_sink(&planned, &self.sink, on_event)? else { return Ok(Next::Stopped) };
-        let provenance = Provenance { component_digest: self.sink.digest().to_owned(), config_digest: self.config_digest.clone() };
+        let provenance = Provenance {
+            component_digest: self.sink.digest().to_owned(),
+            config_digest: self.config_digest.clone(),
+            release: planned.release.clone(),
+        };
         Ok(Next::Ran(Box::new(Ran { planned, provenance, output, attempts, started, check, sink })))
     }
 
@@ -687,6 +766,7 @@ impl Pipeline {
             ranges,
             component_digest: self.sink.digest().to_owned(),
             config_digest: self.config_digest.clone(),
+            release: None,
         };
         self.checkpoint.record_planned(&planned)?;
         crate::failpoint::hit("after-offsets-log");
@@ -758,6 +838,7 @@ impl Pipeline {
         let provenance = Provenance {
             component_digest: recorded(first.and_then(|(_, c)| c.component_digest.as_ref()), &planned.component_digest),
             config_digest: recorded(first.and_then(|(_, c)| c.config_digest.as_ref()), &planned.config_digest),
+            release: planned.release.clone(),
         };
         // A commit older than the search depth: record the current version.
         let current = if found.values().any(Option::is_none) {
@@ -853,6 +934,7 @@ impl Pipeline {
         let provenance = Provenance {
             component_digest: digest,
             config_digest: committed.config_digest.clone().unwrap_or_else(|| planned.config_digest.clone()),
+            release: planned.release.clone(),
         };
         let versions = self
             .committer
@@ -882,7 +964,7 @@ impl Pipeline {
         // A batch this run planned (recovered ones are accounted for at open).
         if planned.batch_id >= self.next_id {
             self.next_id = planned.batch_id + 1;
-            self.planned_ends.extend(range_ends(&planned.ranges));
+            self.planned_ends.extend(planned.ends());
         }
         if output.records_in > 0 {
             self.record_size = Some(output.record_bytes_in.div_ceil(output.records_in).max(1));
@@ -953,6 +1035,16 @@ impl Pipeline {
                 kept_scratch: None,
             };
             let result = match (&decided, &kept) {
+                // A release batch's few records are read once and kept, to
+                // write them to the quarantine table too.
+                (None, _) if planned.release.is_some() => match self.batch_records(planned) {
+                    Ok(records) => {
+                        let run = sink.run(&spec, attempt, Box::new(VecSource::new(records.clone())));
+                        kept = Some(records);
+                        run
+                    }
+                    Err(e) => Err(source_failure(e)),
+                },
                 (None, _) => match self.source.fetch(&planned.ranges) {
                     Ok(fetch) => sink.run(&spec, attempt, Box::new(ReadAhead::new(InSink(fetch)))),
                     Err(e) => Err(source_failure(e.to_string())),
@@ -966,27 +1058,27 @@ impl Pipeline {
                     Err(e) => Err(source_failure(e)),
                 },
             };
-            if let (Ok(output), Some(d), Some(records)) = (&result, &decided, &kept) {
-                let mut output = output.clone();
-                d.apply(&self.quarantine().expect("decided").table, records, &mut output);
-                on_event(&Event::Quarantined { batch_id: spec.batch_id, excluded: d.excluded.clone(), runs: 0 });
-                sink_time += started.elapsed();
-                return Ok(Some((output, attempt, sink_time)));
-            }
             sink_time += started.elapsed();
             let duration_ms = Some(started.elapsed().as_millis() as u64);
             let failure = match result {
-                Ok(output) => {
+                Ok(mut output) => {
                     let outcome = Outcome::Succeeded;
                     let records = Some(output.records_in);
                     self.note_attempt(&AttemptRecord { outcome, duration_ms, records, ..record }.with_log(&output.log));
+                    if let (Some(d), Some(records), Some(q)) = (&decided, &kept, self.quarantine()) {
+                        d.apply(&q.table, records, &mut output);
+                        on_event(&Event::Quarantined { batch_id: spec.batch_id, excluded: d.excluded.clone(), runs: 0 });
+                    }
+                    if let (Some(release), Some(records)) = (&planned.release, &kept) {
+                        self.mark_released(planned, release, records, &mut output)?;
+                    }
                     return Ok(Some((output, attempt, sink_time)));
                 }
                 Err(failure) => failure,
             };
             let (outcome, error, kept_scratch) = (Outcome::Failed, Some(failure.error.to_string()), failure.kept_scratch.clone());
             self.note_attempt(&AttemptRecord { outcome, duration_ms, error, kept_scratch, ..record }.with_log(&failure.log));
-            if decided.is_none() && self.quarantine().is_some() && quarantine::deterministic(&failure.error) {
+            if decided.is_none() && planned.release.is_none() && self.quarantine().is_some() && quarantine::deterministic(&failure.error) {
                 let found = self.search_poison(planned, &spec, sink, &failure, on_event)?;
                 return Ok(found.map(|output| (output, attempt, sink_time + started.elapsed())));
             }
@@ -1014,6 +1106,25 @@ impl Pipeline {
         unreachable!("the last attempt returns")
     }
 
+    /// A release batch's output also marks its records released in the
+    /// quarantine table (an upsert on their coordinates).
+    fn mark_released(
+        &self,
+        planned: &PlannedBatch,
+        release: &crate::checkpoint::Release,
+        records: &[crate::OwnedRecord],
+        output: &mut crate::BatchOutput,
+    ) -> Result<(), PipelineError> {
+        let (Some(q), Some(decision)) = (self.quarantine(), self.checkpoint.quarantine(release.of_batch)?) else {
+            return Err(PipelineError::Release(format!(
+                "batch {} releases batch {}'s poison records, but the checkpoint has no quarantine/{} (or quarantine is off)",
+                planned.batch_id, release.of_batch, release.of_batch
+            )));
+        };
+        output.ops.push(decision.staged(&q.table, records, Some(planned.batch_id)));
+        Ok(())
+    }
+
     /// The quarantine settings, when poison records are set aside.
     fn quarantine(&self) -> Option<&quarantine::QuarantineConfig> {
         self.config.quarantine.as_ref().filter(|_| self.config.pipeline.on_poison == OnPoison::Quarantine)
@@ -1021,8 +1132,7 @@ impl Pipeline {
 
     /// Every record of a planned batch, in delivery order.
     fn batch_records(&self, planned: &PlannedBatch) -> Result<Vec<crate::OwnedRecord>, String> {
-        let fetch = self.source.fetch(&planned.ranges).map_err(|e| e.to_string())?;
-        crate::source::records::read_all(fetch, &planned.ranges).map_err(|e| e.to_string())
+        self.source.read_ranges(&planned.ranges)
     }
 
     /// The batch failed deterministically: find its poison records, record
@@ -1087,10 +1197,11 @@ impl Pipeline {
                 return Err(stop(format!("the search for poison records needed more than {max} sink runs (quarantine.max_extra_runs)"), &found));
             }
             Err(quarantine::Stop::Together { records: n, error, found }) => {
-                return Err(stop(
-                    format!("{n} records fail together ({error}), but no record fails alone: they are not poison records, and the batch is not split"),
-                    &found,
-                ));
+                let why = match n {
+                    0 => format!("the sink fails ({error}) even with none of the batch's records: no record is to blame"),
+                    n => format!("{n} records fail together ({error}), but no record fails alone: they are not poison records, and the batch is not split"),
+                };
+                return Err(stop(why, &found));
             }
             Err(quarantine::Stop::NotDeterministic(f)) => {
                 return Err(PipelineError::BatchFailed { batch_id: spec.batch_id, attempts: 1, failure: f, config: self.config_path.clone() });
@@ -1259,7 +1370,7 @@ fn log_commit(
     if let Err(e) = source.commit_advisory(&planned.ranges) {
         eprintln!("sluice: warning: {e} (lag tools may show stale offsets; sluice's own offsets are safe)");
     }
-    Ok(Done { report, committed, ends: range_ends(&planned.ranges), maintained: Vec::new() })
+    Ok(Done { report, committed, ends: planned.ends(), maintained: Vec::new() })
 }
 
 /// The batch's records, marking the point where the sink is running (for
@@ -1275,10 +1386,4 @@ impl<S: RecordSource> RecordSource for InSink<S> {
 
 fn short(digest: &str) -> &str {
     &digest[..digest.len().min(16)]
-}
-
-
-/// Where a batch's ranges leave each partition.
-pub fn range_ends(ranges: &[SourceRange]) -> BTreeMap<(String, i32), i64> {
-    ranges.iter().map(|r| ((r.topic.clone(), r.partition), r.end)).collect()
 }

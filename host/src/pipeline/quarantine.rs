@@ -20,6 +20,11 @@
 //!   together (no half fails alone, or the rest still fails), the pipeline
 //!   stops with a report of what was found, and nothing of the batch is
 //!   committed.
+//! - `sluice quarantine release` re-processes the records of batch N through
+//!   a new batch M whose plan names their offsets (the stream's position is
+//!   kept: `Release::resume_at`), with the sink given (fixed, usually), and
+//!   marks them `released_in_batch = M` in the quarantine table in M's own
+//!   transactions. A second release of N finds them marked and does nothing.
 //! - The decision (which offsets, why, found by which component) is
 //!   written to the checkpoint (`quarantine/N`) before the commit, and the
 //!   set-aside records go to the quarantine table in the batch's own Delta
@@ -27,7 +32,10 @@
 //!   A restart or a replay with the same component applies the recorded
 //!   decision instead of searching again.
 
+use crate::checkpoint::{PlannedBatch, Release};
 use crate::commit::{ColumnConfig, TableConfig};
+use crate::source::records::SourceRange;
+use std::collections::BTreeMap;
 use crate::error::BatchError;
 use crate::output::{BatchOutput, StagedOp, StagedRows, WriteMode};
 use crate::source::records::OwnedRecord;
@@ -89,6 +97,9 @@ impl QuarantineConfig {
                 col("error", "string", false),
                 col("batch_id", "long", false),
                 col("component_digest", "string", false),
+                // Set by `sluice quarantine release`: the batch that
+                // re-processed the record.
+                col("released_in_batch", "long", true),
             ],
             keys: vec!["topic".into(), "partition".into(), "offset".into()],
             partition_by: vec![],
@@ -135,8 +146,9 @@ impl Decision {
         records.iter().filter(|r| !self.excludes(r)).cloned().collect()
     }
 
-    /// The quarantine table's rows for this decision, as one append.
-    pub fn staged(&self, table: &str, records: &[OwnedRecord]) -> StagedOp {
+    /// The quarantine table's rows for this decision, as one append (or,
+    /// `released_in` a batch, as an upsert marking them released).
+    pub fn staged(&self, table: &str, records: &[OwnedRecord], released_in: Option<u64>) -> StagedOp {
         let hex = |b: &Option<Vec<u8>>| b.as_ref().map(hex::encode);
         let mut rows = Vec::new();
         for e in &self.excluded {
@@ -152,13 +164,15 @@ impl Decision {
                 "error": e.error,
                 "batch_id": self.batch_id,
                 "component_digest": self.component_digest,
+                "released_in_batch": released_in,
             });
             rows.extend_from_slice(row.to_string().as_bytes());
             rows.push(b'\n');
         }
+        let keys = || vec!["topic".to_owned(), "partition".to_owned(), "offset".to_owned()];
         StagedOp {
             table: table.to_owned(),
-            mode: WriteMode::Append,
+            mode: if released_in.is_some() { WriteMode::Upsert { keys: keys() } } else { WriteMode::Append },
             row_count: self.excluded.len() as u64,
             rows: StagedRows::JsonLines(rows.into()),
         }
@@ -167,8 +181,28 @@ impl Decision {
     /// Add the quarantine table's rows to the output of the batch's run
     /// without them. The output digest stays the sink's.
     pub fn apply(&self, table: &str, records: &[OwnedRecord], output: &mut BatchOutput) {
-        output.ops.push(self.staged(table, records));
+        output.ops.push(self.staged(table, records, None));
         output.quarantined = self.excluded.len() as u64;
+    }
+
+    /// The plan of the batch `batch_id` that re-processes these records:
+    /// their offsets as its ranges, the stream's ends kept as they are.
+    pub fn release_plan(&self, batch_id: u64, ends: &BTreeMap<(String, i32), i64>, component_digest: &str, config_digest: &str) -> PlannedBatch {
+        PlannedBatch {
+            batch_id,
+            planned_timestamp_ms: crate::now_ms(),
+            ranges: self
+                .excluded
+                .iter()
+                .map(|e| SourceRange { topic: e.topic.clone(), partition: e.partition, start: e.offset, end: e.offset + 1 })
+                .collect(),
+            component_digest: component_digest.to_owned(),
+            config_digest: config_digest.to_owned(),
+            release: Some(Release {
+                of_batch: self.batch_id,
+                resume_at: ends.iter().map(|((t, p), e)| (t.clone(), *p, *e)).collect(),
+            }),
+        }
     }
 }
 
@@ -277,6 +311,10 @@ impl Search<'_> {
 
     /// `set` failed with `error`: find its poison records.
     fn isolate(&mut self, set: &[usize], error: String) -> Result<(), Stop> {
+        // A batch with no records that fails: no record is to blame.
+        if set.is_empty() {
+            return Err(Stop::Together { records: 0, error, found: std::mem::take(&mut self.poison) });
+        }
         if let [one] = set {
             if self.poison.len() as u64 >= self.max_records {
                 let mut found = std::mem::take(&mut self.poison);
@@ -367,5 +405,8 @@ mod tests {
         };
         let stop = search(100, "e".into(), 10, 100, &mut together).err().unwrap();
         assert!(matches!(stop, Stop::Together { records: 100, .. }), "{stop:?}");
+        // An empty batch that fails: nothing to set aside, and no endless halving.
+        let stop = search(0, "e".into(), 10, 100, &mut sink(&[], &mut runs)).err().unwrap();
+        assert!(matches!(stop, Stop::Together { records: 0, .. }), "{stop:?}");
     }
 }

@@ -480,6 +480,30 @@ impl KafkaSource {
             .map_err(|e| KafkaSourceError::Request(format!("advisory offset commit: {e}")))
     }
 
+    /// Every record of `ranges`, in memory. Several ranges may be in one
+    /// partition (a release batch names single offsets): each partition is
+    /// read once over the span of its ranges, and only the records inside
+    /// a range are kept. A fetch takes one range per partition.
+    pub fn read_ranges(&self, ranges: &[SourceRange]) -> Result<Vec<OwnedRecord>, String> {
+        let mut spans: Vec<SourceRange> = Vec::new();
+        for r in ranges {
+            match spans.iter_mut().find(|s| s.topic == r.topic && s.partition == r.partition) {
+                Some(s) => {
+                    s.start = s.start.min(r.start);
+                    s.end = s.end.max(r.end);
+                }
+                None => spans.push(r.clone()),
+            }
+        }
+        let fetch = self.fetch(&spans).map_err(|e| e.to_string())?;
+        let records = records::read_all(fetch, &spans).map_err(|e| e.to_string())?;
+        if spans.len() == ranges.len() {
+            return Ok(records);
+        }
+        let inside = |o: &OwnedRecord| ranges.iter().any(|r| r.topic == o.topic && r.partition == o.partition && (r.start..r.end).contains(&o.offset));
+        Ok(records.into_iter().filter(inside).collect())
+    }
+
     /// A record source delivering exactly `ranges`, partition by partition
     /// in plan order, so a batch's records arrive in the same order on every
     /// run, retry and replay (interleaving partitions as the broker answers

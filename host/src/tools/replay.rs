@@ -21,7 +21,7 @@ use crate::error::LoadError;
 use crate::limits::Limits;
 use crate::output::{BatchOutput, TableSummary};
 use crate::pipeline::quarantine::Decision;
-use crate::source::records::{BatchSpec, OwnedRecord, SourceError, VecSource, read_all};
+use crate::source::records::{BatchSpec, OwnedRecord, VecSource};
 use crate::tools::row_diff::{self, TableDiff};
 use crate::sandbox::{Runtime, RuntimeBuilder, Sink};
 use crate::source::{KafkaSource, KafkaSourceError};
@@ -366,8 +366,7 @@ fn from_checkpoint(config: &PipelineConfig, n: u64) -> Result<Recorded, ReplayEr
 pub fn fetch_records(config: &PipelineConfig, spec: &BatchSpec, committed: Option<&CommittedBatch>, set_aside: u64) -> Result<Vec<OwnedRecord>, ReplayError> {
     let source_err = |detail: String| ReplayError::Source { batch_id: spec.batch_id, detail };
     let source = KafkaSource::connect(config.source_for(Some("replay"))).map_err(|e: KafkaSourceError| source_err(e.to_string()))?;
-    let fetch = source.fetch(&spec.ranges).map_err(|e| source_err(e.to_string()))?;
-    let records = read_all(fetch, &spec.ranges).map_err(|e: SourceError| source_err(e.to_string()))?;
+    let records = source.read_ranges(&spec.ranges).map_err(source_err)?;
     if let Some(c) = committed.filter(|c| c.records > 0 && c.records + set_aside != records.len() as u64) {
         return Err(source_err(format!(
             "Kafka now has {} records in the batch's ranges, but {} were delivered when it ran{} (compacted or deleted since)",

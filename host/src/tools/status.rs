@@ -10,7 +10,6 @@ use crate::checkpoint::lease::LeaseRecord;
 use crate::checkpoint::{Checkpoint, CommittedBatch, Holder, PlannedBatch};
 use crate::commit::{DeltaCommitter, TableState};
 use crate::config::PipelineConfig;
-use crate::pipeline::range_ends;
 use crate::source::KafkaSource;
 use serde::Serialize;
 use std::fmt;
@@ -91,7 +90,7 @@ impl Status {
                 }
             }
             let ends = match &resume.last_committed {
-                Some(c) => cp.planned(c.batch_id)?.map(|p| range_ends(&p.ranges)).unwrap_or_default(),
+                Some(c) => cp.planned(c.batch_id)?.map(|p| p.ends()).unwrap_or_default(),
                 None => Default::default(),
             };
             Ok((resume, ends))
