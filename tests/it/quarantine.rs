@@ -220,6 +220,17 @@ fn kill_minus_9_in_the_middle_of_a_search_or_after_the_decision_loses_and_repeat
     assert_eq!(offsets, poison.keys().copied().collect::<Vec<_>>(), "every poison record quarantined once");
     let (code, stdout, stderr) = sluice_output(&["reconcile", config.to_str().unwrap()]);
     assert_eq!(code, 0, "{stdout}{stderr}");
+
+    // A lost checkpoint rebuilt from the tables keeps the decisions (from
+    // the quarantine table): batch 0 still replays IDENTICAL.
+    std::fs::rename(dir.path().join("checkpoint"), dir.path().join("checkpoint.lost")).unwrap();
+    let (code, stdout, stderr) = sluice_output(&["checkpoint", "rebuild", config.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("set aside by 3 batch(es) were taken from the quarantine table"), "{stdout}");
+    assert_eq!(decision(&config, 0)["excluded"].as_array().unwrap().len(), 3);
+    let (code, stdout, stderr) = sluice_output(&["replay", config.to_str().unwrap(), "--batch", "0"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.starts_with("batch 0: IDENTICAL"), "{stdout}");
 }
 
 #[test]

@@ -193,6 +193,7 @@ pub fn rebuild(config: &PipelineConfig) -> Result<RebuildReport, RebuildError> {
             })?;
         }
     }
+    rebuild_quarantine(config, &committer, &checkpoint, &by_batch, &mut notes)?;
     Ok(RebuildReport {
         checkpoint: checkpoint.location().to_string(),
         set_aside,
@@ -203,6 +204,67 @@ pub fn rebuild(config: &PipelineConfig) -> Result<RebuildReport, RebuildError> {
     })
 }
 
+/// The poison records batches set aside (`quarantine/N`), taken from the
+/// quarantine table, which holds every one with its batch, error and
+/// component: without them, a replay of such a batch would get every
+/// record and differ. The search's run count is not in the table (0).
+fn rebuild_quarantine(
+    config: &PipelineConfig,
+    committer: &DeltaCommitter,
+    checkpoint: &Checkpoint,
+    batches: &BTreeMap<u64, BTreeMap<String, BatchCommit>>,
+    notes: &mut Vec<String>,
+) -> Result<(), RebuildError> {
+    use crate::pipeline::quarantine::{Decision, Excluded};
+    let Some(q) = config.quarantine.as_ref().filter(|_| config.pipeline.on_poison == crate::config::OnPoison::Quarantine) else {
+        return Ok(());
+    };
+    let sql = r#"SELECT batch_id, topic, "partition", "offset", error, component_digest FROM t ORDER BY batch_id, topic, "partition", "offset""#;
+    let rows = match committer.query(&q.table, sql) {
+        Ok(rows) => rows,
+        Err(e) => {
+            notes.push(format!(
+                "the quarantine table `{}` could not be read ({e}): replays of batches that set records aside get every record",
+                q.table
+            ));
+            return Ok(());
+        }
+    };
+    let mut decisions: BTreeMap<u64, Decision> = BTreeMap::new();
+    for r in rows {
+        let (Some(n), Some(topic), Some(partition), Some(offset)) =
+            (r["batch_id"].as_u64(), r["topic"].as_str(), r["partition"].as_i64(), r["offset"].as_i64())
+        else {
+            continue;
+        };
+        if !batches.contains_key(&n) {
+            continue; // no longer in the tables' logs: not in the rebuilt checkpoint
+        }
+        let d = decisions.entry(n).or_insert_with(|| Decision {
+            batch_id: n,
+            component_digest: r["component_digest"].as_str().unwrap_or_default().to_owned(),
+            excluded: Vec::new(),
+            runs: 0,
+        });
+        d.excluded.push(Excluded {
+            topic: topic.to_owned(),
+            partition: partition as i32,
+            offset,
+            error: r["error"].as_str().unwrap_or_default().to_owned(),
+        });
+    }
+    for d in decisions.values() {
+        checkpoint.record_quarantine(d)?;
+    }
+    if !decisions.is_empty() {
+        notes.push(format!(
+            "the poison records set aside by {} batch(es) were taken from the quarantine table `{}`",
+            decisions.len(),
+            q.table
+        ));
+    }
+    Ok(())
+}
 
 impl fmt::Display for RebuildReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
