@@ -411,7 +411,7 @@ impl OutputCollector {
         mode: WriteMode,
         rows: impl Iterator<Item = wasmtime::Result<std::borrow::Cow<'a, str>>>,
     ) -> StageResult {
-        let mut out = JsonRows::new(mode_keys(&mode));
+        let mut out = JsonRows::new(mode.keys());
         for row in rows {
             if let Err(e) = self.push_json_row(&mut out, row?.as_bytes())? {
                 return Ok(Err(e));
@@ -442,7 +442,7 @@ impl OutputCollector {
             Err(e) => return Ok(Err(read_err(e))),
         };
         self.bytes.check(len).map_err(limit)?;
-        let keys = mode_keys(&mode).to_vec();
+        let keys = mode.keys().to_vec();
         match format {
             wit::FileFormat::JsonLines => {
                 use std::io::BufRead;
@@ -551,10 +551,6 @@ impl OutputCollector {
             op.row_count = open.count;
         }
     }
-}
-
-fn mode_keys(mode: &WriteMode) -> &[String] {
-    mode.keys()
 }
 
 fn is_zero(n: &u64) -> bool {

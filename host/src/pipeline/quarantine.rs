@@ -65,6 +65,9 @@ pub struct QuarantineConfig {
     pub max_extra_runs: u64,
 }
 
+/// The quarantine table's key: a record's coordinates.
+const KEYS: [&str; 3] = ["topic", "partition", "offset"];
+
 fn default_table() -> String {
     "quarantine".into()
 }
@@ -101,7 +104,7 @@ impl QuarantineConfig {
                 // re-processed the record.
                 col("released_in_batch", "long", true),
             ],
-            keys: vec!["topic".into(), "partition".into(), "offset".into()],
+            keys: KEYS.map(String::from).to_vec(),
             partition_by: vec![],
             maintenance: Default::default(),
         }
@@ -169,10 +172,9 @@ impl Decision {
             rows.extend_from_slice(row.to_string().as_bytes());
             rows.push(b'\n');
         }
-        let keys = || vec!["topic".to_owned(), "partition".to_owned(), "offset".to_owned()];
         StagedOp {
             table: table.to_owned(),
-            mode: if released_in.is_some() { WriteMode::Upsert { keys: keys() } } else { WriteMode::Append },
+            mode: if released_in.is_some() { WriteMode::Upsert { keys: KEYS.map(String::from).to_vec() } } else { WriteMode::Append },
             row_count: self.excluded.len() as u64,
             rows: StagedRows::JsonLines(rows.into()),
         }
